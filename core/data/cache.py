@@ -1,0 +1,63 @@
+"""Content-addressed on-disk cache stages, built once under a file lock and published atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from filelock import FileLock
+
+logger = logging.getLogger(__name__)
+
+#: bump when the layout of any stage changes, so old caches are never misread
+CACHE_VERSION = 1
+
+
+def cache_root(configured: Optional[str] = None) -> Path:
+    """The cache folder: ``configured``, else ``$RANKSWEEP_CACHE``, else ``~/.cache/ranksweep``."""
+    root = configured or os.environ.get("RANKSWEEP_CACHE") or str(Path.home() / ".cache" / "ranksweep")
+    p = Path(root).expanduser().resolve()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def key_hash(key: Any) -> str:
+    """A stable hash of a JSON-serialisable key."""
+    blob = json.dumps({"v": CACHE_VERSION, "key": key}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def stage(root: Path, kind: str, key: Any, build: Callable[[Path], None]) -> Path:
+    """Return the folder of stage ``kind`` for ``key``, calling ``build(tmp_folder)`` if it is missing.
+
+    Concurrent callers (trials on one machine, or on a shared file system) wait on one lock; the
+    folder appears atomically with its ``key.json`` once ``build`` succeeded, so a crash never
+    leaves a half-written stage behind.
+    """
+    h = key_hash(key)
+    final = root / kind / h
+    if (final / "key.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if (final / "key.json").exists():
+            return final
+        tmp = final.parent / f".{h}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir(parents=True)
+        try:
+            logger.info("building %s %s", kind, h)
+            build(tmp)
+            (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, indent=1, default=str))
+            if final.exists():  # a stale folder without key.json
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,238 @@
+"""Collections through ir_datasets ids, plus local folders in BEIR format.
+
+A dataset id is either an ``ir_datasets`` id (``beir/scifact/train``, ``msmarco-passage/train/judged``)
+or ``local:<folder>:<split>`` naming a BEIR-format folder (``corpus.jsonl``, ``queries.jsonl``,
+``qrels/<split>.tsv``). Documents are streamed, never held all at once by the collection; the
+corpus is identified by a key (ir_datasets namespace and size, or the hash of the local corpus
+file) that names every cache derived from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..registry import unknown_name_message
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A dataset id cannot be resolved or its files are malformed."""
+
+
+def _parse_local(dataset_id: str) -> tuple[Path, str]:
+    body = dataset_id[len("local:"):]
+    if ":" not in body:
+        raise DatasetError(f"local dataset id must be local:<folder>:<split>, got {dataset_id!r}")
+    folder, split = body.rsplit(":", 1)
+    return Path(folder).expanduser(), split
+
+
+def check_dataset_id(dataset_id: str, path: str = "dataset") -> None:
+    """Raise ``ConfigError`` naming ``path`` unless ``dataset_id`` resolves (without loading data)."""
+    from ..config import ConfigError
+
+    if not isinstance(dataset_id, str) or not dataset_id:
+        raise ConfigError(f"{path}: expected a dataset id, got {dataset_id!r}")
+    if dataset_id.startswith("local:"):
+        try:
+            folder, split = _parse_local(dataset_id)
+        except DatasetError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        for need in (folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"):
+            if not need.exists():
+                raise ConfigError(f"{path}: local collection {dataset_id!r} lacks {need}")
+        return
+    import ir_datasets
+
+    known = list(ir_datasets.registry._registered)  # noqa: SLF001 (public API has no membership test)
+    if dataset_id not in known:
+        raise ConfigError(f"{path}: " + unknown_name_message("dataset id", dataset_id, known))
+
+
+@dataclass
+class Corpus:
+    """The documents of a collection, streamed in a fixed order; index i names ``doc_ids[i]``."""
+
+    key: str
+    count: int
+    _iter: Callable[[], Iterator[tuple[str, str]]] = field(repr=False)
+
+    def iter_docs(self) -> Iterator[tuple[str, str]]:
+        """Yield ``(doc_id, text)`` in index order (text = title + body where the format has both)."""
+        return self._iter()
+
+    @cached_property
+    def doc_ids(self) -> list[str]:
+        return [d for d, _ in self.iter_docs()]
+
+    @cached_property
+    def doc_index(self) -> dict[str, int]:
+        return {d: i for i, d in enumerate(self.doc_ids)}
+
+
+@dataclass
+class Collection:
+    """Queries, relevance judgements and the corpus of one dataset id."""
+
+    dataset_id: str
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    corpus: Corpus
+
+    @property
+    def name(self) -> str:
+        """A short name usable as a metric key (``beir/scifact/test`` → ``beir-scifact-test``)."""
+        if self.dataset_id.startswith("local:"):
+            folder, split = _parse_local(self.dataset_id)
+            return f"{folder.name}-{split}"
+        return self.dataset_id.replace("/", "-")
+
+    def judged_queries(self) -> list[str]:
+        """Query ids with at least one relevant document (relevance > 0), in query order."""
+        return [q for q in self.queries if any(r > 0 for r in self.qrels.get(q, {}).values())]
+
+    def subset(self, query_ids: list[str]) -> "Collection":
+        keep = set(query_ids)
+        return Collection(
+            self.dataset_id,
+            {q: t for q, t in self.queries.items() if q in keep},
+            {q: r for q, r in self.qrels.items() if q in keep},
+            self.corpus,
+        )
+
+
+def _doc_text(doc) -> str:
+    if hasattr(doc, "default_text"):
+        try:
+            return doc.default_text()
+        except Exception:  # noqa: BLE001 (some formats lack fields default_text expects)
+            pass
+    title = getattr(doc, "title", "") or ""
+    text = getattr(doc, "text", "") or ""
+    return f"{title} {text}".strip()
+
+
+def _query_text(q) -> str:
+    if hasattr(q, "default_text"):
+        try:
+            return q.default_text()
+        except Exception:  # noqa: BLE001
+            pass
+    return getattr(q, "text", "")
+
+
+def load_collection(dataset_id: str) -> Collection:
+    """Load ``dataset_id`` (ir_datasets id or ``local:<folder>:<split>``).
+
+    Raises:
+        DatasetError: unknown id, missing files or a dataset without queries/qrels/docs.
+    """
+    if dataset_id.startswith("local:"):
+        return _load_local(dataset_id)
+    import ir_datasets
+
+    try:
+        ds = ir_datasets.load(dataset_id)
+    except KeyError:
+        known = list(ir_datasets.registry._registered)  # noqa: SLF001
+        raise DatasetError(unknown_name_message("dataset id", dataset_id, known)) from None
+    for need in ("docs", "queries", "qrels"):
+        if not getattr(ds, f"has_{need}")():
+            raise DatasetError(f"dataset {dataset_id!r} has no {need}; ranksweep needs docs, queries and qrels")
+    queries = {q.query_id: _query_text(q) for q in ds.queries_iter()}
+    qrels: dict[str, dict[str, int]] = {}
+    for r in ds.qrels_iter():
+        qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
+    namespace = ds.docs_namespace() if hasattr(ds, "docs_namespace") else dataset_id
+    count = ds.docs_count()
+    key = hashlib.sha256(f"irds|{namespace}|{count}|{ds.docs_cls().__name__}".encode()).hexdigest()[:20]
+
+    def it() -> Iterator[tuple[str, str]]:
+        for d in ds.docs_iter():
+            yield d.doc_id, _doc_text(d)
+
+    return Collection(dataset_id, queries, qrels, Corpus(key, count, it))
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with path.open() as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{path}:{n}: malformed JSON line ({e.msg})") from None
+
+
+def _load_local(dataset_id: str) -> Collection:
+    folder, split = _parse_local(dataset_id)
+    corpus_file, queries_file, qrels_file = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
+    for need in (corpus_file, queries_file, qrels_file):
+        if not need.exists():
+            raise DatasetError(f"local collection {dataset_id!r} lacks {need}")
+    queries = {str(q["_id"]): q.get("text", "") for q in _read_jsonl(queries_file)}
+    qrels: dict[str, dict[str, int]] = {}
+    with qrels_file.open() as f:
+        for n, line in enumerate(f, start=1):
+            parts = line.rstrip("\n").split("\t")
+            if n == 1 and parts[0] in ("query-id", "query_id", "qid"):
+                continue
+            if len(parts) < 3:
+                raise DatasetError(f"{qrels_file}:{n}: expected 'query-id<TAB>corpus-id<TAB>score'")
+            qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+    qrels = {q: r for q, r in qrels.items() if q in queries}
+    digest = hashlib.sha256()
+    count = 0
+    with corpus_file.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    for _ in _read_jsonl(corpus_file):
+        count += 1
+    key = digest.hexdigest()[:20]
+
+    def it() -> Iterator[tuple[str, str]]:
+        for d in _read_jsonl(corpus_file):
+            yield str(d["_id"]), f"{d.get('title', '')} {d.get('text', '')}".strip()
+
+    return Collection(dataset_id, queries, qrels, Corpus(key, count, it))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and dev query ids of the training collection (seeded, disjoint)."""
+
+    train: list[str]
+    dev: list[str]
+
+
+def split_train_dev(collection: Collection, dev_fraction: float, seed: int) -> Split:
+    """Hold out a seeded ``dev_fraction`` of the judged training queries for selection."""
+    judged = collection.judged_queries()
+    if len(judged) < 2:
+        raise DatasetError(f"{collection.dataset_id}: needs at least 2 judged queries to split train/dev, has {len(judged)}")
+    order = judged[:]
+    random.Random(seed).shuffle(order)
+    n_dev = min(max(1, round(dev_fraction * len(order))), len(order) - 1)
+    dev = sorted(order[:n_dev], key=judged.index)
+    dev_set = set(dev)
+    return Split([q for q in judged if q not in dev_set], dev)
+
+
+def sample_queries(query_ids: list[str], max_queries: Optional[int], seed: int = 0) -> list[str]:
+    """A seeded sample of at most ``max_queries`` ids, in their original order."""
+    if max_queries is None or len(query_ids) <= max_queries:
+        return list(query_ids)
+    rng = np.random.default_rng(seed)
+    keep = set(rng.choice(len(query_ids), size=max_queries, replace=False).tolist())
+    return [q for i, q in enumerate(query_ids) if i in keep]

