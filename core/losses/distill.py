@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import check_scores, register_loss, softmax_targets
+from .base import check_scores, register_loss, upcast
 
 
 @register_loss(
@@ -55,7 +55,7 @@ def margin_mse(student: Tensor, teacher: Optional[Tensor], temperature: float = 
         4.0
     """
     check_scores(student, teacher, True, "margin_mse")
-    s, t = student.float(), teacher.float()
+    s, t = upcast(student), upcast(teacher)
     sm = s[:, :1] - s[:, 1:]
     tm = (t[:, :1] - t[:, 1:]) / temperature
     return ((sm - tm) ** 2).mean()
@@ -106,9 +106,9 @@ def kl(student: Tensor, teacher: Optional[Tensor], temperature: float = 1.0) -> 
         0.0
     """
     check_scores(student, teacher, True, "kl")
-    log_p = torch.log_softmax(teacher.float() / temperature, dim=-1)
-    log_q = torch.log_softmax(student.float() / temperature, dim=-1)
+    log_p = torch.log_softmax(upcast(teacher) / temperature, dim=-1)
+    log_q = torch.log_softmax(upcast(student) / temperature, dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
-__all__ = ["margin_mse", "kl", "softmax_targets"]
+__all__ = ["margin_mse", "kl"]

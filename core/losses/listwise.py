@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import check_scores, register_loss, softmax_targets
+from .base import check_scores, register_loss, softmax_targets, upcast
 
 
 @register_loss(
@@ -60,7 +60,7 @@ def lce(student: Tensor, teacher: Optional[Tensor] = None, temperature: float = 
     """
     check_scores(student, teacher, False, "lce")
     target = torch.zeros(student.shape[0], dtype=torch.long, device=student.device)
-    return F.cross_entropy(student.float(), target)
+    return F.cross_entropy(upcast(student), target)
 
 
 @register_loss(
@@ -107,4 +107,4 @@ def listnet(student: Tensor, teacher: Optional[Tensor], temperature: float = 1.0
     """
     check_scores(student, teacher, True, "listnet")
     p = softmax_targets(teacher, temperature)
-    return -(p * torch.log_softmax(student.float(), dim=-1)).sum(-1).mean()
+    return -(p * torch.log_softmax(upcast(student), dim=-1)).sum(-1).mean()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import check_scores, register_loss
+from .base import check_scores, register_loss, upcast
 
 
 def pairwise_differences(x: Tensor) -> Tensor:
@@ -75,14 +75,14 @@ def ranknet(
     if mode not in ("soft", "hard"):
         raise ValueError(f"ranknet: mode must be 'soft' or 'hard', got {mode!r}")
     check_scores(student, teacher, False, "ranknet")
-    s = student.float()
+    s = upcast(student)
     if teacher is None:
         diff = s[:, :1] - s[:, 1:]
         return F.binary_cross_entropy_with_logits(diff, torch.ones_like(diff))
     diff = pairwise_differences(s)
-    tdiff = pairwise_differences(teacher.float())
+    tdiff = pairwise_differences(upcast(teacher))
     if mode == "soft":
         target = torch.sigmoid(tdiff / temperature)
     else:
-        target = (tdiff > 0).float() + 0.5 * (tdiff == 0).float()
+        target = ((tdiff > 0).to(tdiff.dtype) + 0.5 * (tdiff == 0).to(tdiff.dtype))
     return F.binary_cross_entropy_with_logits(diff, target)

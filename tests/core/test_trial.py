@@ -1,0 +1,145 @@
+"""Whole trials on SciFact: budget, determinism, reporting, files, bad input, and that distillation helps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import fast_config
+from ranksweep.core import Trial, TrialConfig, prepare, run_trial
+from ranksweep.core.losses import LOSSES
+from ranksweep.core.metrics import read_trec_run
+
+
+def _cfg(tmp_path, tiny_model, **over):
+    over.setdefault("student.model", tiny_model)
+    over.setdefault("student.num_layers", None)
+    return TrialConfig.from_dict(fast_config(tmp_path, **over))
+
+
+def test_trial_trains_exactly_the_budget_and_reports(tmp_path, tiny_model):
+    # 72 docs with 4 queries x 4 docs per micro-batch: 4 full batches + one of 2 queries
+    cfg = _cfg(tmp_path, tiny_model, budget_docs=72, eval_every_docs=32)
+    calls = []
+    final = run_trial(cfg, report=lambda m, docs: calls.append((docs, dict(m))))
+    assert [d for d, _ in calls] == [32, 64, 72]
+    assert final["docs_seen"] == 72 and final["steps"] == 5
+    for docs, m in calls:
+        assert m["docs_seen"] == docs
+        for key in ("dev/nDCG@10", "train/loss", "train/kl", "probe/diameter", "probe/kl",
+                    "train/teacher_entropy", "train/teacher_entropy_q25", "train/teacher_pairwise_entropy", "train/docs_per_s"):
+            assert np.isfinite(m[key]), key
+    for key in ("beir-scifact-test/nDCG@10", "beir-scifact-test/RR@10", "beir-scifact-test/R@100",
+                "teacher/beir-scifact-test/nDCG@10", "bm25/beir-scifact-test/nDCG@10", "teacher/dev/nDCG@10"):
+        assert key in final
+    assert "beir-scifact-test/nDCG@10" not in calls[0][1]  # eval collections only at the end
+    out = tmp_path / "trial"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["docs_seen"] for x in lines] == [32, 64, 72]
+    assert json.loads((out / "final.json").read_text())["docs_seen"] == 72
+    assert TrialConfig.from_yaml(out / "config.yaml") == cfg
+    run = read_trec_run(out / "runs" / "beir-scifact-test.run")
+    assert len(run) == 20 and all(len(v) == 20 for v in run.values())  # 20 queries, bi retrieves top-20
+    header = (out / "per_query" / "beir-scifact-test.tsv").read_text().splitlines()[0]
+    assert header.split("\t") == ["query_id", "R@100", "RR@10", "nDCG@10"]
+
+
+def test_same_seed_same_trial_other_seed_differs(tmp_path, tiny_model):
+    cfg = _cfg(tmp_path, tiny_model, budget_docs=32, output_dir=None)
+    p = prepare(cfg)
+    runs = []
+    for seed in (3, 3, 4):
+        t = Trial(cfg.replace(seed=seed), p)
+        t.train_until(32)
+        runs.append(torch.cat([x.detach().flatten() for x in t.model.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_loss_trains_a_cross_encoder(tmp_path, tiny_model, loss):
+    cfg = _cfg(tmp_path, tiny_model, loss=loss, budget_docs=32, **{"student.kind": "cross", "eval.depth": 10,
+                                                                    "data.eval_max_queries": 5})
+    final = run_trial(cfg)
+    assert np.isfinite(final[f"train/{loss}"]) and 0.0 <= final["dev/nDCG@10"] <= 1.0
+    assert 0.0 <= final["probe/diameter"] <= 2.0
+
+
+@pytest.mark.parametrize("sampler", ["random", "bm25", "teacher"])
+def test_samplers_and_augmentations_run(tmp_path, tiny_model, sampler):
+    cfg = _cfg(tmp_path, tiny_model, sampler=sampler, budget_docs=32,
+               augment={"negatives_mix": 0.5, "in_batch": True, "entropy_band": [0.0, 0.5]})
+    t = Trial(cfg)
+    assert len(t.train_qids) == pytest.approx(len([q for q in t.p.split.train if q in t.p.pools.positives]) / 2, abs=2)
+    final = t.run()
+    assert np.isfinite(final["train/in_batch_lce"])
+
+
+def test_random_negatives_are_less_local_than_bm25(tmp_path):
+    """Locality: BM25 groups sit closer together in MiniLM's space than random groups."""
+    diam = {}
+    for sampler in ("random", "bm25"):
+        cfg = TrialConfig.from_dict(fast_config(tmp_path, sampler=sampler, **{"eval.probe_queries": 16, "student.num_layers": 6}))
+        diam[sampler] = Trial(cfg)._probe_metrics()["probe/diameter"]
+    assert diam["bm25"] < diam["random"]
+
+
+def test_entropy_band_selects_low_and_high_entropy_queries(tmp_path, tiny_model):
+    from ranksweep.core.metrics import listwise_entropy
+
+    ent = {}
+    for band in ([0.0, 0.25], [0.75, 1.0]):
+        t = Trial(_cfg(tmp_path, tiny_model, augment={"entropy_band": band}))
+        g = t.sampler.sample(t.train_qids, t.cfg.group_size, np.random.default_rng(0))
+        ent[band[0]] = listwise_entropy(torch.from_numpy(t.p.teacher.lookup(t.train_qids, g)), 1.0).mean().item()
+        n_all = len([q for q in t.p.split.train if q in t.p.pools.positives])
+        assert abs(len(t.train_qids) - 0.25 * n_all) <= 2
+    assert ent[0.0] < ent[0.75]
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_finished_evaluations(tmp_path, tiny_model):
+    cfg = _cfg(tmp_path, tiny_model, budget_docs=96, eval_every_docs=32)
+    t = Trial(cfg)
+    t.train_until(32)
+    t.evaluate()
+    real = LOSSES["kl"]
+    LOSSES._items["kl"] = lambda s, te, T: real(s, te, T) * float("nan")  # a loss that blows up
+    try:
+        with pytest.raises(FloatingPointError, match="non-finite training loss.*docs_seen=32"):
+            t.train_until(96)
+    finally:
+        LOSSES._items["kl"] = real
+    lines = (tmp_path / "trial" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["docs_seen"] == 32
+
+
+def test_core_imports_neither_ray_nor_mlflow():
+    code = "import sys, ranksweep.core, ranksweep.core.trial; print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_distilled_student_beats_itself_before_training(tmp_path):
+    """On SciFact: a 2-layer MiniLM bi-encoder distilled from the MiniLM+BM25 ensemble improves
+    dev and test nDCG@10 over the same student before training."""
+    cfg = TrialConfig.from_dict({
+        "data": {"eval": ["beir/scifact/test"], "max_doc_length": 128},
+        "candidates": {"dense_depth": 0},
+        "sampler": "bm25", "group_size": 8, "loss": "kl",
+        "optim": {"lr": 1e-4, "batch_size": 8},
+        "budget_docs": 1536, "eval_every_docs": 1536,
+        "eval": {"at_start": True, "dev_depth": 50, "probe_queries": 16},
+        "output_dir": str(tmp_path / "distill"),
+    })
+    history = []
+    run_trial(cfg, report=lambda m, docs: history.append(m))
+    before, after = history[0], history[-1]
+    assert before["docs_seen"] == 0 and after["docs_seen"] == 1536
+    assert after["dev/nDCG@10"] > before["dev/nDCG@10"]
+    assert after["beir-scifact-test/nDCG@10"] > before["beir-scifact-test/nDCG@10"]
+    assert after["probe/kl"] < before["probe/kl"]  # the student moved towards its teacher
