@@ -233,6 +233,11 @@ def _shorthand(cls: type, value: Any, path: str) -> Any:
     return value
 
 
+def build_dataclass(cls: type, d: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from a raw dict, naming the dotted field path of any error."""
+    return _build(cls, d, path)
+
+
 def _build(cls: type, d: Any, path: str) -> Any:
     d = _shorthand(cls, d, path)
     if not isinstance(d, dict):

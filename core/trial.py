@@ -503,6 +503,8 @@ class Trial:
         if self.out:
             with (self.out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            if final and self.docs_seen >= cfg.budget_docs:  # before the report: a scheduler may stop us there
+                (self.out / "final.json").write_text(json.dumps(metrics, indent=1))
         self.report(metrics, self.docs_seen)
         self.model.train()
         return metrics
@@ -525,10 +527,7 @@ class Trial:
             self.train_until(nxt)
             if self.docs_seen < cfg.budget_docs:
                 self.evaluate()
-        final = self.evaluate(final=True)
-        if self.out:
-            (self.out / "final.json").write_text(json.dumps(final, indent=1))
-        return final
+        return self.evaluate(final=True)
 
     # -- checkpoints (used by the sweeper) ---------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -69,8 +69,99 @@ def main_trial(args: list[str]) -> int:
     return 0
 
 
+def main_run(args: list[str]) -> int:
+    """ranksweep run <sweep.yaml> [--resume] [--dry-run] [--address auto] [--tracking-uri URI]"""
+    p = argparse.ArgumentParser(prog="ranksweep run", description="Run a sweep with Ray Tune, tracked in MLflow.")
+    p.add_argument("spec", help="sweep YAML (see sweeps/*.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue a sweep whose driver stopped (Tuner.restore)")
+    p.add_argument("--dry-run", action="store_true", help="resolve the space, print the trial count and cost; run nothing")
+    p.add_argument("--address", default=None, help="Ray cluster address (auto: the cluster this node belongs to)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides the spec)")
+    p.add_argument("--docs-per-s", type=float, default=None, help="dry run: training throughput assumed per trial")
+    p.add_argument("--top", type=int, default=5, help="best settings printed at the end")
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(args)
+    _setup_logging(a.verbose)
+    from ranksweep.sweeps.spec import SpecError, load_sweep
+
+    try:
+        overrides = {"tracking": {"uri": a.tracking_uri}} if a.tracking_uri else None
+        if overrides:
+            import yaml as _yaml
+
+            raw = _yaml.safe_load(open(a.spec))
+            overrides = {"tracking": {**(raw.get("tracking") or {}), "uri": a.tracking_uri}}
+        sweep = load_sweep(a.spec, overrides)
+    except SpecError as e:
+        print(f"ranksweep run: invalid sweep: {e}", file=sys.stderr)
+        return 2
+    if a.dry_run:
+        print(dry_run_summary(sweep, a.docs_per_s))
+        return 0
+    from ranksweep.sweeps.best import best, format_rows
+    from ranksweep.sweeps.tuner import run_sweep
+
+    try:
+        results = run_sweep(sweep, address=a.address, resume=a.resume)
+    except SpecError as e:
+        print(f"ranksweep run: {e}", file=sys.stderr)
+        return 2
+    errors = len(results.errors)
+    print(f"\n{len(results)} trials, {errors} failed; MLflow experiment {sweep.experiment!r} at {sweep.tracking_uri}")
+    rows = best(sweep.experiment, sweep.tracking_uri, metric=sweep.fields.metric, mode=sweep.fields.mode, top=a.top, sweep=sweep.name)
+    print(f"best settings by {sweep.fields.metric} (mean ± std over seeds):")
+    print(format_rows(rows, sweep.fields.metric))
+    return 0
+
+
+def dry_run_summary(sweep, docs_per_s: float | None = None) -> str:
+    cfg = sweep.base_config()
+    n = sweep.trial_count()
+    per = cfg.budget_docs
+    rate = docs_per_s or (3000.0 if sweep.fields.resources.gpu > 0 else 25.0)
+    hours = n * per / rate / 3600
+    lines = [f"sweep {sweep.name!r}: search={sweep.fields.search}, axes={sweep.space.keys()}"]
+    if sweep.fields.search == "grid":
+        lines.append(f"cells: {len(sweep.space.grid())} x seeds {sweep.seeds} = {n} trials")
+    else:
+        lines.append(f"trials: {n} ({sweep.fields.search} samples)")
+    lines.append(f"budget: {per} docs per trial, {n * per:,} docs in all (an upper bound: early stopping trims it)")
+    lines.append(f"cost at {rate:g} docs/s per trial: {hours:.2f} trial-hours "
+                 f"({'GPU' if sweep.fields.resources.gpu > 0 else 'CPU'}; --docs-per-s sets the rate)")
+    lines.append(f"scheduler: {sweep.fields.scheduler.name}, metric {sweep.fields.metric} ({sweep.fields.mode})")
+    return "\n".join(lines)
+
+
+def main_best(args: list[str]) -> int:
+    """ranksweep best --experiment NAME [--metric M] [--filter F] [--group-by a,b] [--top N] [--format table|json|csv]"""
+    p = argparse.ArgumentParser(prog="ranksweep best", description="Best settings of a sweep, from MLflow.")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    p.add_argument("--metric", default="dev/nDCG@10")
+    p.add_argument("--mode", default="max", choices=["max", "min"])
+    p.add_argument("--filter", default=None, help="MLflow filter string, e.g. \"params.`axis.loss` = 'kl'\"")
+    p.add_argument("--group-by", default=None, help="comma-separated axes (sampler,loss,…); default: the whole cell")
+    p.add_argument("--sweep", default=None, help="sweep (parent run) name; default: the latest")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    a = p.parse_args(args)
+    from ranksweep.sweeps.best import best, format_rows
+    from ranksweep.sweeps.spec import absolute_uri
+
+    try:
+        rows = best(a.experiment, absolute_uri(a.tracking_uri), a.metric, a.mode, a.filter,
+                    a.group_by.split(",") if a.group_by else None, a.top, a.sweep)
+    except ValueError as e:
+        print(f"ranksweep best: {e}", file=sys.stderr)
+        return 2
+    print(format_rows(rows, a.metric, a.format))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "trial": main_trial,
+    "run": main_run,
+    "best": main_best,
 }
 
 

@@ -1,0 +1,237 @@
+"""Search spaces over trial-config axes, with conditions, translated to Ray Tune and Optuna.
+
+A space is a mapping from dotted ``TrialConfig`` keys to their values::
+
+    axes:
+      sampler.name: [random, bm25, teacher, ensemble]       # categorical
+      loss: [lce, kl, margin_mse]
+      temperature:                                           # conditional axis
+        values: [0.5, 1.0, 2.0, 4.0]
+        when: {loss: [kl, margin_mse]}                      # lce ignores the teacher
+      optim.lr: {loguniform: [1.0e-5, 3.0e-4]}              # continuous (optuna / random)
+
+An axis with ``when`` applies only while every named axis (declared earlier) takes one of the
+listed values; otherwise it keeps the base config's value and is absent from the cell. So a grid
+has no duplicate or meaningless cells, and Optuna's define-by-run function asks only what applies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ranksweep.core.config import ConfigError, TrialConfig, reference_rows, set_dotted
+from ranksweep.core.registry import unknown_name_message
+
+HERE = Path(__file__).resolve().parent
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint")
+
+
+class SpaceError(ValueError):
+    """A search space is malformed; the message names the axis."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str
+    values: Optional[tuple] = None
+    dist: Optional[str] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    when: dict = field(default_factory=dict)
+
+    @property
+    def categorical(self) -> bool:
+        return self.values is not None
+
+    def active(self, assignment: dict) -> bool:
+        return all(k in assignment and assignment[k] in allowed for k, allowed in self.when.items())
+
+
+def _axis_keys() -> list[str]:
+    return [k for k, _, _ in reference_rows()]
+
+
+def apply(base: dict, cell: dict) -> dict:
+    """The trial-config dict of ``base`` with ``cell``'s dotted keys set."""
+    import copy
+
+    d = copy.deepcopy(base)
+    for k, v in cell.items():
+        set_dotted(d, k, v)
+    return d
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    axes: tuple[Axis, ...]
+    name: str = "space"
+
+    # -- parsing -----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Any, base: Optional[dict] = None, name: str = "space") -> "SearchSpace":
+        if not isinstance(d, dict) or not isinstance(d.get("axes"), dict) or not d["axes"]:
+            raise SpaceError(f"{name}: a search space is a mapping with a non-empty 'axes' mapping")
+        extra = set(d) - {"axes", "name", "description"}
+        if extra:
+            raise SpaceError(f"{name}: unknown key(s) {sorted(extra)}; a space has axes, name, description")
+        known = _axis_keys()
+        axes: list[Axis] = []
+        for key, spec in d["axes"].items():
+            if key not in known:
+                raise SpaceError(f"{name}: axis {unknown_name_message('axis', key, known)}")
+            axes.append(_parse_axis(key, spec, axes, name))
+        space = cls(tuple(axes), d.get("name", name))
+        space.check_values(base or {})
+        return space
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: Optional[dict] = None) -> "SearchSpace":
+        p = Path(path)
+        try:
+            d = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise SpaceError(f"malformed YAML in {p}: {e}") from None
+        return cls.from_dict(d, base, name=p.stem)
+
+    def check_values(self, base: dict) -> None:
+        """Every categorical value (and each bound) must make a valid trial config with ``base``."""
+        for a in self.axes:
+            probes = list(a.values) if a.categorical else [a.low, a.high]
+            if a.dist in ("int", "logint"):
+                probes = [int(p) for p in probes]
+            for v in probes:
+                try:
+                    TrialConfig.from_dict(apply(base, {a.key: v}))
+                except ConfigError as e:
+                    raise SpaceError(f"axis {a.key!r}: value {v!r} is not allowed: {e}") from None
+
+    # -- translations ------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return [a.key for a in self.axes]
+
+    def grid(self) -> list[dict]:
+        """Every cell of the grid (categorical axes only), conditions honoured, no duplicates."""
+        for a in self.axes:
+            if not a.categorical:
+                raise SpaceError(f"axis {a.key!r} is continuous ({a.dist}); a grid needs values: [...] "
+                                 "(or use search: optuna / random)")
+        cells: list[dict] = [{}]
+        for a in self.axes:
+            nxt = []
+            for c in cells:
+                if a.active(c):
+                    nxt.extend({**c, a.key: v} for v in a.values)
+                else:
+                    nxt.append(c)
+            cells = nxt
+        return cells
+
+    def to_ray_param_space(self, seeds: list[int]) -> dict:
+        """Ray Tune param space for a grid: one ``grid_search`` over the (conditional) cells × seeds.
+
+        Ray's own grid is a cartesian product of independent keys, which cannot express
+        conditions; enumerating the cells here keeps the grid free of meaningless repeats.
+        """
+        from ray import tune
+
+        return {"params": tune.grid_search(self.grid()), "seed": tune.grid_search(list(seeds))}
+
+    def to_optuna_define_by_run(self, seed: int = 0) -> Callable:
+        """A define-by-run function for ``OptunaSearch(space=...)``: asks only active axes.
+
+        It does no computation and returns ``{"params": cell, "seed": seed}`` (constants, as Ray expects).
+        """
+        axes = self.axes
+
+        def define_by_run(trial) -> dict:
+            cell: dict = {}
+            for a in axes:
+                if not a.active(cell):
+                    continue
+                if a.categorical:
+                    idx = trial.suggest_categorical(a.key, list(range(len(a.values))))
+                    cell[a.key] = a.values[idx]
+                elif a.dist == "uniform":
+                    cell[a.key] = trial.suggest_float(a.key, a.low, a.high)
+                elif a.dist == "loguniform":
+                    cell[a.key] = trial.suggest_float(a.key, a.low, a.high, log=True)
+                else:
+                    cell[a.key] = trial.suggest_int(a.key, int(a.low), int(a.high), log=a.dist == "logint")
+            return {"params": cell, "seed": seed}
+
+        return define_by_run
+
+    def size(self) -> Optional[int]:
+        try:
+            return len(self.grid())
+        except SpaceError:
+            return None
+
+
+def _parse_axis(key: str, spec: Any, earlier: list[Axis], space: str) -> Axis:
+    when: dict = {}
+    if isinstance(spec, list):
+        spec = {"values": spec}
+    if not isinstance(spec, dict):
+        raise SpaceError(f"axis {key!r}: expected a list of values or a mapping, got {spec!r}")
+    unknown = set(spec) - {"values", "when", *DISTRIBUTIONS}
+    if unknown:
+        raise SpaceError(f"axis {key!r}: unknown field(s) {sorted(unknown)}; use values, when, or one of {list(DISTRIBUTIONS)}")
+    if "when" in spec:
+        if not isinstance(spec["when"], dict) or not spec["when"]:
+            raise SpaceError(f"axis {key!r}: 'when' must map earlier axes to allowed values")
+        by_key = {a.key: a for a in earlier}
+        for other, allowed in spec["when"].items():
+            if other not in by_key:
+                declared = [a.key for a in earlier]
+                raise SpaceError(f"axis {key!r}: condition on unknown axis {other!r} (conditions name axes declared "
+                                 f"before this one: {declared})")
+            allowed = tuple(allowed if isinstance(allowed, list) else [allowed])
+            if by_key[other].categorical:
+                bad = [v for v in allowed if v not in by_key[other].values]
+                if bad:
+                    raise SpaceError(f"axis {key!r}: condition values {bad} are not values of axis {other!r} {list(by_key[other].values)}")
+            when[other] = allowed
+    dists = [k for k in DISTRIBUTIONS if k in spec]
+    if "values" in spec:
+        if dists:
+            raise SpaceError(f"axis {key!r}: give either values or a distribution, not both")
+        vals = spec["values"]
+        if not isinstance(vals, list) or not vals:
+            raise SpaceError(f"axis {key!r}: values must be a non-empty list")
+        frozen = tuple(_freeze(v) for v in vals)
+        if len(set(map(repr, frozen))) != len(frozen):
+            raise SpaceError(f"axis {key!r}: duplicate values {vals}")
+        return Axis(key, values=frozen, when=when)
+    if len(dists) != 1:
+        raise SpaceError(f"axis {key!r}: needs values: [...] or one of {list(DISTRIBUTIONS)}: [low, high]")
+    lo_hi = spec[dists[0]]
+    if not (isinstance(lo_hi, list) and len(lo_hi) == 2):
+        raise SpaceError(f"axis {key!r}: {dists[0]} needs [low, high]")
+    lo, hi = (float(x) for x in lo_hi)
+    if not lo < hi or (dists[0].startswith("log") and lo <= 0):
+        raise SpaceError(f"axis {key!r}: {dists[0]} bounds {lo_hi} need low < high (and low > 0 for log scales)")
+    return Axis(key, dist=dists[0], low=lo, high=hi, when=when)
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) and all(not isinstance(x, (list, dict)) for x in v) else v
+
+
+def load_space(name_or_path: str | Path, base: Optional[dict] = None) -> SearchSpace:
+    """A shipped space by name (``sampler_loss_temperature``) or a YAML path."""
+    p = Path(name_or_path)
+    if not p.exists():
+        cand = HERE / f"{name_or_path}.yaml"
+        if not cand.exists():
+            shipped = sorted(x.stem for x in HERE.glob("*.yaml"))
+            raise SpaceError(f"search space not found: {name_or_path!r} (shipped: {shipped})")
+        p = cand
+    return SearchSpace.from_yaml(p, base)

@@ -1,0 +1,108 @@
+"""Query MLflow for a sweep's best settings: seeds aggregated (mean ± std), ready to paste."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from typing import Optional
+
+import yaml
+
+AXIS_ALIASES = {"sampler": "sampler.name", "T": "temperature", "group": "group_size", "layers": "student.num_layers",
+                "student": "student.kind", "lr": "optim.lr", "mix": "augment.negatives_mix"}
+
+
+def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: str = "max", filter: Optional[str] = None,
+         group_by: Optional[list[str]] = None, top: int = 5, sweep: Optional[str] = None) -> list[dict]:
+    """Rows of ``{settings, mean, std, n, runs}``, best first.
+
+    Each finished trial run contributes its last ``metric`` value. Runs are grouped by their cell
+    (every searched axis, seeds pooled) or by ``group_by`` axes; ``filter`` is an MLflow filter
+    string (``params.\\`axis.loss\\` = 'kl'``). ``sweep`` restricts to one parent run by name (default:
+    the latest sweep of the experiment).
+    """
+    from mlflow.tracking import MlflowClient  # noqa: F401 (best is part of the tracking edge)
+
+    c = MlflowClient(tracking_uri=tracking_uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"MLflow experiment {experiment!r} not found at {tracking_uri}")
+    parents = c.search_runs([exp.experiment_id], filter_string="tags.`ranksweep.role` = 'sweep'", order_by=["attributes.start_time DESC"])
+    if sweep:
+        parents = [p for p in parents if p.info.run_name == sweep]
+    if not parents:
+        raise ValueError(f"no sweep{' named ' + repr(sweep) if sweep else ''} in experiment {experiment!r}")
+    parent = parents[0].info.run_id
+    flt = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'FINISHED'"
+    if filter:
+        flt += f" and {filter}"
+    runs = c.search_runs([exp.experiment_id], filter_string=flt, max_results=50000)
+    from .tracking import mlflow_key
+
+    key_name = mlflow_key(metric)
+    group_by = [AXIS_ALIASES.get(g, g) for g in group_by] if group_by else None
+    groups: dict[str, list] = defaultdict(list)
+    settings: dict[str, dict] = {}
+    for r in runs:
+        if key_name not in r.data.metrics:
+            continue
+        cell = json.loads(r.data.tags.get("ranksweep.cell", "{}"))
+        if group_by:
+            key_cell = {g: cell.get(g, _param(r, g)) for g in group_by}
+        else:
+            key_cell = cell
+        key = json.dumps(key_cell, sort_keys=True)
+        settings[key] = key_cell
+        groups[key].append((r.data.metrics[key_name], r.info.run_id, r.info.run_name))
+    rows = []
+    for key, vals in groups.items():
+        xs = [v for v, _, _ in vals]
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        rows.append({"settings": settings[key], "mean": mean, "std": std, "n": len(xs),
+                     "runs": [n for _, _, n in vals], "run_ids": [i for _, i, _ in vals]})
+    rows.sort(key=lambda r: r["mean"], reverse=(mode == "max"))
+    return rows[:top]
+
+
+def _param(run, key: str):
+    v = run.data.params.get(key)
+    if v is None:
+        return None
+    try:
+        return yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+
+
+def as_trial_yaml(settings: dict) -> str:
+    """Dotted settings as a nested YAML mapping to paste into a trial config."""
+    nested: dict = {}
+    for k, v in settings.items():
+        cur = nested
+        parts = k.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = list(v) if isinstance(v, tuple) else v
+    return yaml.safe_dump(nested, sort_keys=False, default_flow_style=False).strip()
+
+
+def format_rows(rows: list[dict], metric: str, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=1, default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        keys = sorted({k for r in rows for k in r["settings"]})
+        w = csv.writer(buf)
+        w.writerow([*keys, f"{metric} mean", "std", "n"])
+        for r in rows:
+            w.writerow([*(json.dumps(r["settings"].get(k)) for k in keys), f"{r['mean']:.4f}", f"{r['std']:.4f}", r["n"]])
+        return buf.getvalue()
+    lines = []
+    for i, r in enumerate(rows, 1):
+        lines.append(f"#{i}  {metric} = {r['mean']:.4f} ± {r['std']:.4f}  (n={r['n']}: {', '.join(r['runs'])})")
+        lines.extend("    " + line for line in as_trial_yaml(r["settings"]).splitlines())
+    return "\n".join(lines)

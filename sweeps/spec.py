@@ -1,0 +1,221 @@
+"""Sweep specification: base trial, search space, search, scheduler, resources, tracking.
+
+Validated once, before Ray starts; every error names the field::
+
+    name: quickstart
+    base: trials/scifact_bi.yaml        # a trial YAML (relative to this file) or an inline mapping
+    trial: {budget_docs: 512}           # overrides on top of base
+    space: sampler_loss_temperature      # a shipped space, a path, or an inline {axes: ...}
+    search: grid                         # grid | optuna | random
+    seeds: 1                             # repeats per cell (an int n = seeds 0..n-1, or a list)
+    scheduler: {name: asha, grace_docs: 256, reduction_factor: 2}
+    resources: {cpu: 1, gpu: 0}
+    tracking: {uri: sqlite:///mlflow.db, experiment: ranksweep-quickstart}
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from ranksweep.core.config import ConfigError, TrialConfig, build_dataclass, load_yaml
+from ranksweep.search_spaces import SearchSpace, SpaceError, load_space
+
+
+class SpecError(ValueError):
+    """A sweep spec is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    name: Literal["none", "asha", "median", "hyperband"] = field(default="asha", metadata={"help": "early stopping"})
+    grace_docs: Optional[int] = field(default=None, metadata={"help": "docs seen before a trial can be stopped (default: eval_every_docs)"})
+    reduction_factor: float = field(default=2.0, metadata={"help": "ASHA/HyperBand halving rate"})
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    cpu: float = field(default=1.0, metadata={"help": "CPUs per trial (also torch's thread count)"})
+    gpu: float = field(default=0.0, metadata={"help": "GPU (fraction) per trial"})
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    uri: str = field(default="sqlite:///mlflow.db", metadata={"help": "MLflow tracking URI (relative sqlite paths resolve against the working directory)"})
+    experiment: Optional[str] = field(default=None, metadata={"help": "MLflow experiment (default: ranksweep-<name>)"})
+
+
+@dataclass(frozen=True)
+class SweepFields:
+    name: str = field(metadata={"help": "sweep name (Ray experiment and MLflow parent run)"})
+    base: Any = field(default=None, metadata={"help": "trial YAML path or inline trial mapping"})
+    trial: dict = field(default_factory=dict, metadata={"help": "trial overrides on top of base"})
+    space: Any = field(default=None, metadata={"help": "search space: shipped name, YAML path or inline mapping"})
+    search: Literal["grid", "optuna", "random"] = field(default="grid", metadata={"help": "search algorithm"})
+    num_samples: int = field(default=1, metadata={"help": "trials drawn by optuna/random"})
+    seeds: Any = field(default=1, metadata={"help": "repeats per grid cell: n or a list of seeds"})
+    metric: str = field(default="dev/nDCG@10", metadata={"help": "selection metric (as reported)"})
+    mode: Literal["max", "min"] = field(default="max", metadata={"help": "maximise or minimise the metric"})
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec, metadata={"help": "early stopping"})
+    resources: ResourceSpec = field(default_factory=ResourceSpec, metadata={"help": "per trial"})
+    max_concurrent: Optional[int] = field(default=None, metadata={"help": "trials at once (default: as resources allow)"})
+    max_pending_trials: Optional[int] = field(default=None, metadata={"help": "pending trials Ray keeps queued (raise it so the autoscaler sees demand)"})
+    storage: str = field(default="runs/ray", metadata={"help": "Ray storage path (shared storage on a cluster)"})
+    tracking: TrackingSpec = field(default_factory=TrackingSpec, metadata={"help": "MLflow"})
+    retries: int = field(default=1, metadata={"help": "times a failing trial is retried before it is recorded as failed"})
+    seed: int = field(default=0, metadata={"help": "seed of the search algorithm"})
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: the spec fields, the resolved base trial dict and the search space."""
+
+    fields: SweepFields
+    base: dict
+    space: SearchSpace
+    seeds: list[int]
+    source: Optional[Path] = None
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.fields.name
+
+    @property
+    def experiment(self) -> str:
+        return self.fields.tracking.experiment or f"ranksweep-{self.name}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return absolute_uri(self.fields.tracking.uri)
+
+    @property
+    def storage(self) -> str:
+        s = self.fields.storage
+        return s if "://" in s else str(Path(s).expanduser().resolve())
+
+    def base_config(self) -> TrialConfig:
+        return TrialConfig.from_dict(self.base)
+
+    def trial_count(self) -> int:
+        if self.fields.search == "grid":
+            return len(self.space.grid()) * len(self.seeds)
+        return self.fields.num_samples
+
+
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///relative.db`` → ``sqlite:////abs/path/relative.db`` (workers and resumes agree)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+    return uri
+
+
+REPORTED_FIXED = ("docs_seen", "steps", "epoch", "train/loss", "train/docs_per_s", "train/lr", "probe/diameter",
+                  "probe/kl", "probe/teacher_entropy", "train/teacher_entropy", "train/teacher_pairwise_entropy")
+
+
+def reported_metrics(cfg: TrialConfig) -> set[str]:
+    """Keys a trial of ``cfg`` reports at every evaluation (what a scheduler can act on)."""
+    a = cfg.eval.diameter_alpha
+    keys = set(REPORTED_FIXED) | {f"dev/{cfg.eval.selection}", f"probe/diameter_q{round(100 * a)}"}
+    keys |= {f"train/{t.name}" for t in cfg.loss}
+    return keys
+
+
+def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = None) -> Sweep:
+    """Parse and validate a sweep spec (a YAML path or a dict)."""
+    if isinstance(source, dict):
+        raw, folder, path = copy.deepcopy(source), Path.cwd(), None
+    else:
+        path = Path(source)
+        try:
+            raw = load_yaml(path)
+        except ConfigError as e:
+            raise SpecError(str(e)) from None
+        folder = path.resolve().parent
+    raw.update(overrides or {})
+    try:
+        f = build_dataclass(SweepFields, raw, "")
+    except ConfigError as e:
+        raise SpecError(str(e)) from None
+    # base trial
+    if f.base is None:
+        base: dict = {}
+    elif isinstance(f.base, str):
+        bp = (folder / f.base) if not Path(f.base).is_absolute() else Path(f.base)
+        try:
+            base = load_yaml(bp)
+        except ConfigError as e:
+            raise SpecError(f"base: {e}") from None
+    elif isinstance(f.base, dict):
+        base = copy.deepcopy(f.base)
+    else:
+        raise SpecError(f"base: expected a trial YAML path or mapping, got {f.base!r}")
+    from ranksweep.search_spaces.space import apply
+
+    base = apply(base, {}) if not f.trial else _merge(base, f.trial)
+    base.pop("seed", None)
+    base.pop("output_dir", None)
+    try:
+        cfg = TrialConfig.from_dict(base)
+    except ConfigError as e:
+        raise SpecError(f"base trial: {e}") from None
+    # space
+    try:
+        if f.space is None:
+            raise SpecError("space: a sweep needs a search space (a shipped name, a YAML path or an inline mapping)")
+        if isinstance(f.space, dict):
+            space = SearchSpace.from_dict(f.space, base, name=f"{f.name}.space")
+        else:
+            sp = folder / f.space if (folder / str(f.space)).exists() else f.space
+            space = load_space(sp, base)
+    except SpaceError as e:
+        raise SpecError(f"space: {e}") from None
+    # seeds
+    seeds = list(range(f.seeds)) if isinstance(f.seeds, int) and not isinstance(f.seeds, bool) else f.seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise SpecError(f"seeds: expected a positive count or a list of integer seeds, got {f.seeds!r}")
+    if f.search != "grid" and len(seeds) > 1:
+        raise SpecError("seeds: repeats per cell need search: grid (optuna/random draw single trials; use num_samples)")
+    if f.search == "grid":
+        try:
+            cells = space.grid()
+        except SpaceError as e:
+            raise SpecError(f"space: {e}") from None
+        from ranksweep.search_spaces.space import apply as _apply
+
+        for cell in cells:
+            try:
+                TrialConfig.from_dict(_apply(base, cell))
+            except ConfigError as e:
+                raise SpecError(f"space: cell {cell} is not a valid trial: {e}") from None
+    if f.num_samples < 1:
+        raise SpecError(f"num_samples: must be >= 1, got {f.num_samples}")
+    if f.metric not in reported_metrics(cfg):
+        raise SpecError(f"metric: {f.metric!r} is not reported at every evaluation; reported: {sorted(reported_metrics(cfg))}")
+    if f.resources.cpu <= 0 or f.resources.gpu < 0:
+        raise SpecError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={f.resources.cpu} gpu={f.resources.gpu}")
+    if f.retries < 0:
+        raise SpecError(f"retries: must be >= 0, got {f.retries}")
+    if f.scheduler.grace_docs is not None and f.scheduler.grace_docs <= 0:
+        raise SpecError("scheduler.grace_docs: must be > 0")
+    return Sweep(f, base, space, seeds, Path(source) if not isinstance(source, dict) else None, raw)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def dump(sweep: Sweep) -> str:
+    return yaml.safe_dump({"spec": sweep.raw, "base": sweep.base, "space": [a.__dict__ for a in sweep.space.axes]}, sort_keys=False)

@@ -1,0 +1,158 @@
+"""Build and run a sweep with Ray Tune: ``build_tuner(sweep) -> tune.Tuner`` declares it all."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from ranksweep.core import TrialConfig, prepare
+from ranksweep.search_spaces.space import apply
+
+from .spec import Sweep, SpecError
+
+logger = logging.getLogger(__name__)
+
+
+def sweep_key(sweep: Sweep) -> str:
+    """Identity of a sweep across driver restarts: its name, storage and resolved spec."""
+    blob = json.dumps({"name": sweep.name, "storage": sweep.storage, "spec": sweep.raw}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_shared(sweep: Sweep) -> int:
+    """Build once, on the driver, everything trials share (candidates, tokens, teacher scores).
+
+    One preparation per distinct data configuration in the space (axes under data/candidates/
+    teacher); each covers every sampler of the space. Returns the number of preparations.
+    """
+    base = sweep.base
+    data_axes = [a for a in sweep.space.axes if a.key.split(".")[0] in ("data", "candidates", "teacher")]
+    samplers = set()
+    mix = False
+    for a in sweep.space.axes:
+        if a.key == "sampler.name":
+            samplers |= set(a.values or ())
+        if a.key == "augment.negatives_mix":
+            mix = True
+    combos = [{}]
+    for a in data_axes:
+        if not a.categorical:
+            raise SpecError(f"space: axis {a.key!r} changes shared data and must be categorical")
+        combos = [{**c, a.key: v} for c in combos for v in a.values]
+    for c in combos:
+        cfg = TrialConfig.from_dict(apply(base, c))
+        logger.info("preparing shared data %s", c or "(base)")
+        prepare(cfg, samplers=samplers or None, negatives_mix=mix or cfg.augment.negatives_mix > 0)
+    return len(combos)
+
+
+def _scheduler(sweep: Sweep, cfg: TrialConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+
+    s = sweep.fields.scheduler
+    grace = s.grace_docs or cfg.eval_every_docs
+    if s.name == "asha":
+        return ASHAScheduler(time_attr="docs_seen", max_t=cfg.budget_docs, grace_period=grace, reduction_factor=s.reduction_factor)
+    if s.name == "median":
+        return MedianStoppingRule(time_attr="docs_seen", grace_period=grace, min_samples_required=3)
+    if s.name == "hyperband":
+        return HyperBandScheduler(time_attr="docs_seen", max_t=cfg.budget_docs, reduction_factor=s.reduction_factor)
+    return FIFOScheduler()
+
+
+def _search(sweep: Sweep):
+    f = sweep.fields
+    if f.search == "grid":
+        return None
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = optuna.samplers.TPESampler(seed=f.seed) if f.search == "optuna" else optuna.samplers.RandomSampler(seed=f.seed)
+    alg = OptunaSearch(space=sweep.space.to_optuna_define_by_run(sweep.seeds[0]), metric=f.metric, mode=f.mode, sampler=sampler)
+    return ConcurrencyLimiter(alg, max_concurrent=f.max_concurrent) if f.max_concurrent else alg
+
+
+def trainable(sweep: Sweep):
+    from ray import tune
+
+    from .trainable import train_trial
+
+    r = sweep.fields.resources
+    fn = tune.with_parameters(train_trial, base=sweep.base, output_root=str(Path(sweep.storage) / sweep.name / "outputs"),
+                              cpus=r.cpu, gpus=r.gpu)
+    return tune.with_resources(fn, {"cpu": r.cpu, "gpu": r.gpu})
+
+
+def callbacks(sweep: Sweep, tracking_uri: Optional[str] = None) -> list:
+    from .spec import dump
+    from .tracking import MLflowTracking
+
+    cfg = sweep.base_config()
+    params = {"spec": sweep.raw, "axes": sweep.space.keys(), "trials": sweep.trial_count()}
+    return [MLflowTracking(tracking_uri or sweep.tracking_uri, sweep.experiment, sweep.name, sweep_key(sweep), cfg.budget_docs,
+                           base=sweep.base, params=params, artifacts={"sweep.yaml": dump(sweep)})]
+
+
+def build_tuner(sweep: Sweep, tracking_uri: Optional[str] = None):
+    """The one ``tune.Tuner`` of a sweep: trainable, TuneConfig, RunConfig and param space."""
+    from ray import tune
+
+    f = sweep.fields
+    cfg = sweep.base_config()
+    param_space = sweep.space.to_ray_param_space(sweep.seeds) if f.search == "grid" else {}
+    return tune.Tuner(
+        trainable(sweep),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=f.metric, mode=f.mode, scheduler=_scheduler(sweep, cfg), search_alg=_search(sweep),
+            num_samples=1 if f.search == "grid" else f.num_samples,
+            max_concurrent_trials=f.max_concurrent if f.search == "grid" else None,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=sweep.storage, callbacks=callbacks(sweep, tracking_uri),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=f.retries),
+            verbose=1,
+        ),
+    )
+
+
+def experiment_path(sweep: Sweep) -> str:
+    return str(Path(sweep.storage) / sweep.name) if "://" not in sweep.storage else f"{sweep.storage.rstrip('/')}/{sweep.name}"
+
+
+def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optional[str] = None, resume: bool = False):
+    """Prepare shared data, start (or reattach to) Ray, run or resume the sweep; return the ResultGrid."""
+    import ray
+    from ray import tune
+
+    if sweep.fields.max_pending_trials:
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(sweep.fields.max_pending_trials)
+    path = experiment_path(sweep)
+    if resume and not tune.Tuner.can_restore(path):
+        raise SpecError(f"--resume: no sweep to resume at {path}")
+    if not resume and Path(path).exists() and tune.Tuner.can_restore(path):
+        raise SpecError(f"a sweep named {sweep.name!r} already exists at {path}; use --resume, or another name/storage")
+    if sweep.fields.resources.gpu > 0 and address is None:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise SpecError(f"resources.gpu: {sweep.fields.resources.gpu} GPU per trial requested but this machine has none "
+                            "(set resources.gpu: 0, or pass --address of a cluster with GPU workers)")
+    prepare_shared(sweep)
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                       if k in ("IR_DATASETS_HOME", "RANKSWEEP_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE")}})
+    if sweep.fields.resources.gpu > 0 and ray.cluster_resources().get("GPU", 0) == 0:
+        logger.warning("no GPU in the cluster yet: trials wait until the autoscaler adds GPU workers")
+    if resume:
+        tuner = tune.Tuner.restore(path, trainable=trainable(sweep), resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        tuner = build_tuner(sweep, tracking_uri)
+    return tuner.fit()

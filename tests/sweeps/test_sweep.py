@@ -1,0 +1,168 @@
+"""Sweeps on local Ray: the quickstart, a killed-and-resumed driver, and a remote MLflow server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, fast_config
+
+pytestmark = pytest.mark.ray
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri, experiment):
+    c = _client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("ranksweep.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("ranksweep.role") == "trial"]
+    return c, parents, children
+
+
+def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
+    import ray
+
+    from ranksweep.sweeps.best import best
+    from ranksweep.sweeps.spec import load_sweep
+    from ranksweep.sweeps.tracking import mlflow_key
+    from ranksweep.sweeps.tuner import run_sweep
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", {"storage": str(tmp_path / "ray"),
+                                                             "tracking": {"uri": uri, "experiment": "qs"}})
+    try:
+        results = run_sweep(sweep)
+    finally:
+        ray.shutdown()
+    assert not results.errors and len(results) == 6
+    c, parents, children = _runs(uri, "qs")
+    assert len(parents) == 1 and len(children) == 6
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    names = {r.info.run_name for r in children}
+    assert "bm25-kl-T4-s0" in names and "random-lce-s0" in names
+    budget = sweep.base_config().budget_docs
+    stopped = []
+    for r in children:
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, mlflow_key("dev/nDCG@10"))]
+        assert steps == sorted(set(steps))  # one value per evaluation, no duplicates
+        if r.data.tags["ranksweep.stopped_early"] == "true":
+            stopped.append(r)
+            assert max(steps) < budget
+        else:
+            assert max(steps) == budget
+            arts = {a.path for a in c.list_artifacts(r.info.run_id)}
+            assert {"final.json", "metrics.jsonl", "runs", "per_query"} <= arts
+    assert stopped, "ASHA stopped no trial early"
+    for key in ("probe/diameter", "train/teacher_entropy", "train/loss", "train/docs_per_s"):
+        assert mlflow_key(key) in children[0].data.metrics
+    ray_best = results.get_best_result(metric="dev/nDCG@10", mode="max", scope="last")
+    ours = best("qs", uri, metric="dev/nDCG@10", top=1)[0]
+    assert ours["settings"] == ray_best.config["params"]
+    assert ours["mean"] == pytest.approx(ray_best.metrics["dev/nDCG@10"])
+
+
+def _tiny_sweep(tmp_path, tiny_model, uri, trials_losses, budget=96, concurrent=1):
+    trial = fast_config(tmp_path, **{"student.model": tiny_model, "student.num_layers": None})
+    trial.pop("output_dir")
+    trial.update(budget_docs=budget, eval_every_docs=32)
+    spec = {"name": "tiny", "base": trial, "space": {"axes": {"loss": trials_losses}},
+            "search": "grid", "scheduler": {"name": "none"}, "resources": {"cpu": 1},
+            "max_concurrent": concurrent, "storage": str(tmp_path / "ray"), "tracking": {"uri": uri, "experiment": "tiny"}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "ranksweep.sweeps.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ), **kw)
+
+
+def test_driver_killed_mid_sweep_resumes_without_duplicates(tmp_path, tiny_model):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    losses = ["kl", "lce", "margin_mse", "ranknet"]
+    spec = _tiny_sweep(tmp_path, tiny_model, uri, losses, budget=160)
+    proc = _cli("run", str(spec), start_new_session=True)
+    deadline = time.time() + 400
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(2)
+        try:
+            _, _, children = _runs(uri, "tiny")
+        except Exception:  # noqa: BLE001 (the database may not exist yet)
+            continue
+        done = [r for r in children if r.info.status == "FINISHED"]
+        running = [r for r in children if r.info.status == "RUNNING" and r.data.metrics.get("docs_seen", 0) >= 32]
+        if done and running:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+            killed = True
+            break
+    proc.wait(timeout=60)
+    assert killed, "the sweep finished before it could be killed mid-way"
+    _, _, before = _runs(uri, "tiny")
+    finished_before = {r.data.tags["ranksweep.trial_id"]: r.info.run_id for r in before if r.info.status == "FINISHED"}
+    out = _cli("run", str(spec), "--resume")
+    log, _ = out.communicate(timeout=600)
+    assert out.returncode == 0, log[-3000:]
+    c, parents, children = _runs(uri, "tiny")
+    assert len(parents) == 1
+    trial_ids = [r.data.tags["ranksweep.trial_id"] for r in children]
+    assert sorted(trial_ids) == sorted(set(trial_ids)) and len(trial_ids) == len(losses)
+    assert all(r.info.status == "FINISHED" for r in children)
+    for r in children:
+        assert r.data.metrics["docs_seen"] == 160
+        if r.data.tags["ranksweep.trial_id"] in finished_before:  # never rerun
+            assert r.info.run_id == finished_before[r.data.tags["ranksweep.trial_id"]]
+            assert len(c.get_metric_history(r.info.run_id, "docs_seen")) == 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_small_sweep_against_a_local_mlflow_server(tmp_path, tiny_model):
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--default-artifact-root", str(tmp_path / "artifacts")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        for _ in range(90):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(1)
+        spec = _tiny_sweep(tmp_path, tiny_model, "sqlite:///unused.db", ["kl", "lce"], budget=64, concurrent=2)
+        out = _cli("run", str(spec), "--tracking-uri", uri)
+        log, _ = out.communicate(timeout=600)
+        assert out.returncode == 0, log[-3000:]
+        c, parents, children = _runs(uri, "tiny")
+        assert len(parents) == 1 and len(children) == 2
+        assert all(r.info.status == "FINISHED" and r.data.metrics["docs_seen"] == 64 for r in children)
+        assert "final.json" in {a.path for a in c.list_artifacts(children[0].info.run_id)}
+        assert "best settings" in log
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
