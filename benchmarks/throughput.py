@@ -148,7 +148,7 @@ def main(argv=None) -> int:
             fn = lambda qs, ds, t: core_step(model, opt, qs, ds, t, special, device, b, g, a.batch_tokens)  # noqa: E731
         secs = timed(fn, batches, a.warmup, device)
         results[name] = docs / secs
-        del model, opt
+        fn = model = opt = None  # free the first model before building the second
         if device.type == "cuda":
             torch.cuda.empty_cache()
     real = np.mean([len(q) + len(d) + 3 for qs, ds, _ in batches for q, d in zip(qs, ds)])

@@ -23,12 +23,12 @@ import torch
 import yaml
 
 from .config import TrialConfig
-from .data.batching import SpecialTokens, pair_chunks, single_chunks
+from .data.batching import SpecialTokens, pair_chunks
 from .data.cache import cache_root
 from .data.candidates import Candidates, EncoderSpec, bm25_candidates, dense_candidates, faiss_search
 from .data.collections import Collection, Split, load_collection, sample_queries, split_train_dev
 from .data.samplers import SAMPLERS, Sampler, SamplingPools, mix_negatives, random_pools
-from .data.tokens import TokenStore, doc_tokens, query_tokens
+from .data.tokens import doc_tokens, query_tokens
 from .losses import WeightedLoss
 from .metrics import (diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy, summarize,
                       write_per_query, write_trec_run)

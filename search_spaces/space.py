@@ -17,9 +17,7 @@ has no duplicate or meaningless cells, and Optuna's define-by-run function asks 
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
