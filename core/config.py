@@ -252,8 +252,6 @@ def _build(cls: type, d: Any, path: str) -> Any:
     kwargs = {}
     for name, value in d.items():
         kwargs[name] = _convert(hints[name], value, f"{path}.{name}" if path else name)
-    if cls is TrialConfig and "teacher" not in kwargs:
-        kwargs["teacher"] = _TEACHER_DEFAULT
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing

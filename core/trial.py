@@ -28,7 +28,7 @@ from .data.cache import cache_root
 from .data.candidates import Candidates, EncoderSpec, bm25_candidates, dense_candidates, faiss_search
 from .data.collections import Collection, Split, load_collection, sample_queries, split_train_dev
 from .data.samplers import SAMPLERS, Sampler, SamplingPools, mix_negatives, random_pools
-from .data.tokens import doc_tokens, query_tokens
+from .data.tokens import TokenStore, doc_tokens, query_tokens
 from .losses import WeightedLoss
 from .metrics import (diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy, summarize,
                       write_per_query, write_trec_run)
@@ -399,18 +399,27 @@ class Trial:
         self.train_time += time.perf_counter() - t0
 
     # -- evaluation --------------------------------------------------------------------------
+    def _doc_store(self, col: Collection) -> TokenStore:
+        """The student's tokens of ``col``'s corpus (the training corpus is already loaded)."""
+        if col.corpus.key == self.p.train.corpus.key:
+            return self.docs
+        return doc_tokens(self.p.root, col.corpus, self.tokenizer, self.cfg.data.max_doc_length)
+
+    def _query_store(self, es: EvalSet) -> TokenStore:
+        col = es.collection
+        return query_tokens(self.p.root, [col.queries[q] for q in es.query_ids], self.tokenizer, self.cfg.data.max_query_length)
+
     @torch.inference_mode()
     def _rerank(self, es: EvalSet, depth: int) -> dict[str, dict[str, float]]:
         col = es.collection
         ids = col.corpus.doc_ids
         pools = es.pools(depth)
         bt = self.cfg.eval.batch_tokens
-        docs = self.docs if col.corpus.key == self.p.train.corpus.key else doc_tokens(
-            self.p.root, col.corpus, self.tokenizer, self.cfg.data.max_doc_length)
+        docs = self._doc_store(col)
         if es.name == "dev":
             q_seqs = {q: self.queries.get(self.qrow[q]) for q in es.query_ids}
         else:
-            qs = query_tokens(self.p.root, [col.queries[q] for q in es.query_ids], self.tokenizer, self.cfg.data.max_query_length)
+            qs = self._query_store(es)
             q_seqs = {q: qs.get(i) for i, q in enumerate(es.query_ids)}
         m = self.model
         run: dict[str, dict[str, float]] = {}
@@ -439,9 +448,8 @@ class Trial:
         """Bi-encoder full retrieval over the collection's corpus with FAISS."""
         col = es.collection
         bt = self.cfg.eval.batch_tokens
-        docs = self.docs if col.corpus.key == self.p.train.corpus.key else doc_tokens(
-            self.p.root, col.corpus, self.tokenizer, self.cfg.data.max_doc_length)
-        qs = query_tokens(self.p.root, [col.queries[q] for q in es.query_ids], self.tokenizer, self.cfg.data.max_query_length)
+        docs = self._doc_store(col)
+        qs = self._query_store(es)
         m = self.model
         with autocast(self.device):
             chunks = []

@@ -156,9 +156,7 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
         base = copy.deepcopy(f.base)
     else:
         raise SpecError(f"base: expected a trial YAML path or mapping, got {f.base!r}")
-    from ranksweep.search_spaces.space import apply
-
-    base = apply(base, {}) if not f.trial else _merge(base, f.trial)
+    base = _merge(base, f.trial)
     base.pop("seed", None)
     base.pop("output_dir", None)
     try:
@@ -187,11 +185,11 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
             cells = space.grid()
         except SpaceError as e:
             raise SpecError(f"space: {e}") from None
-        from ranksweep.search_spaces.space import apply as _apply
+        from ranksweep.search_spaces.space import apply
 
         for cell in cells:
             try:
-                TrialConfig.from_dict(_apply(base, cell))
+                TrialConfig.from_dict(apply(base, cell))
             except ConfigError as e:
                 raise SpecError(f"space: cell {cell} is not a valid trial: {e}") from None
     if f.num_samples < 1:
