@@ -256,6 +256,7 @@ class Trial:
         self.entropies: list[np.ndarray] = []
         self.pair_entropies: list[np.ndarray] = []
         self.history: list[dict[str, float]] = []
+        self._entropy: dict[str, dict[str, float]] = {}
         self.out = Path(cfg.output_dir) if cfg.output_dir else None
         if self.out:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -497,13 +498,13 @@ class Trial:
         dev_run = self._rerank(self.p.dev, cfg.eval.dev_depth)
         dev_agg, dev_pq = evaluate(dev_run, self.p.dev.collection.qrels, (cfg.eval.selection,))
         metrics.update({f"dev/{m}": v for m, v in dev_agg.items()})
-        self._write("dev", dev_run, dev_pq)
+        self._write("dev", dev_run, self._with_entropy(self.p.dev, dev_pq))
         if final or cfg.eval.collections_every_eval:
             for es in self.p.evals:
                 run = self._retrieve(es, cfg.eval.depth) if self.model.kind == "bi" else self._rerank(es, cfg.eval.depth)
                 agg, pq = evaluate(run, es.collection.qrels, cfg.eval.measures)
                 metrics.update({f"{es.name}/{m}": v for m, v in agg.items()})
-                self._write(es.name, run, pq)
+                self._write(es.name, run, self._with_entropy(es, pq))
         if final or self.docs_seen == 0:
             metrics.update(self.p.reference_metrics)
         metrics["eval_seconds"] = time.perf_counter() - t0
@@ -516,6 +517,33 @@ class Trial:
         self.report(metrics, self.docs_seen)
         self.model.train()
         return metrics
+
+    def query_entropy(self, es: EvalSet) -> dict[str, float]:
+        """The teacher's listwise entropy per query of ``es``, over the query's BM25 top-``group_size``.
+
+        The evaluation-side counterpart of ``train/teacher_entropy``: same temperature, same group
+        size, with the first-stage ranking in place of the sampler (an evaluation query has no
+        sampled group). Paired with the student's per-query effectiveness it gives the
+        entropy–performance correlation of Parry, Ganguly and MacAvaney (arXiv 2505.21058).
+        Queries with fewer than two scored candidates are left out; no teacher gives ``{}``.
+        """
+        if es.teacher is None:
+            return {}
+        if es.name not in self._entropy:
+            g = self.cfg.group_size
+            out = {}
+            for q in es.query_ids:
+                pool = es.bm25.ranked(q)[:g].astype(np.int64)
+                s = es.teacher.lookup([q], pool[None, :])[0]
+                s = s[~np.isnan(s)]
+                if len(s) >= 2:
+                    out[q] = float(listwise_entropy(torch.from_numpy(s[None, :].astype(np.float64)), self.cfg.temperature)[0])
+            self._entropy[es.name] = out
+        return self._entropy[es.name]
+
+    def _with_entropy(self, es: EvalSet, per_query: dict) -> dict:
+        h = self.query_entropy(es)
+        return {q: ({**v, "teacher_entropy": h[q]} if q in h else v) for q, v in per_query.items()}
 
     def _write(self, name: str, run: dict, per_query: dict) -> None:
         if not self.out:

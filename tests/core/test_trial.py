@@ -8,8 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 import torch
-
 from conftest import fast_config
 from ranksweep.core import Trial, TrialConfig, prepare, run_trial
 from ranksweep.core.losses import LOSSES
@@ -45,8 +46,14 @@ def test_trial_trains_exactly_the_budget_and_reports(tmp_path, tiny_model):
     assert TrialConfig.from_yaml(out / "config.yaml") == cfg
     run = read_trec_run(out / "runs" / "beir-scifact-test.run")
     assert len(run) == 20 and all(len(v) == 20 for v in run.values())  # 20 queries, bi retrieves top-20
-    header = (out / "per_query" / "beir-scifact-test.tsv").read_text().splitlines()[0]
-    assert header.split("\t") == ["query_id", "R@100", "RR@10", "nDCG@10"]
+    rows = [x.split("\t") for x in (out / "per_query" / "beir-scifact-test.tsv").read_text().splitlines()]
+    assert rows[0] == ["query_id", "R@100", "RR@10", "nDCG@10", "teacher_entropy"]
+    # the per-query teacher entropy: the BM25 teacher's softmax over each query's BM25 top-G, from the candidates
+    es = prepare(cfg).evals[0]
+    for qid, *_, h in rows[1:]:
+        i = es.bm25.row(qid)
+        p = scipy.special.softmax(es.bm25.scores[i, :cfg.group_size].astype(np.float64) / cfg.temperature)
+        assert float(h) == pytest.approx(scipy.stats.entropy(p), abs=1e-5)
 
 
 def test_same_seed_same_trial_other_seed_differs(tmp_path, tiny_model):
