@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 from ranksweep.core.data.batching import SpecialTokens, pair_chunks  # noqa: E402
 from ranksweep.core.losses import kl  # noqa: E402
 from ranksweep.core.models import CrossEncoder, autocast, run_chunks  # noqa: E402

@@ -30,8 +30,7 @@ from .data.collections import Collection, Split, load_collection, sample_queries
 from .data.samplers import SAMPLERS, Sampler, SamplingPools, mix_negatives, random_pools
 from .data.tokens import TokenStore, doc_tokens, query_tokens
 from .losses import WeightedLoss
-from .metrics import (diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy, summarize,
-                      write_per_query, write_trec_run)
+from .metrics import diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy, summarize, write_per_query, write_trec_run
 from .models import autocast, build_student, load_tokenizer, resolve_device, run_chunks
 from .teachers import ScoringContext, TeacherError, TeacherScores, rerank_run, teacher_scores
 

@@ -11,6 +11,8 @@ from typing import Optional
 
 import yaml
 
+from .runs import parse_value
+
 AXIS_ALIASES = {"sampler": "sampler.name", "T": "temperature", "group": "group_size", "layers": "student.num_layers",
                 "student": "student.kind", "lr": "optim.lr", "mix": "augment.negatives_mix"}
 
@@ -24,39 +26,20 @@ def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: 
     string (``params.\\`axis.loss\\` = 'kl'``). ``sweep`` restricts to one parent run by name (default:
     the latest sweep of the experiment).
     """
-    from mlflow.tracking import MlflowClient  # noqa: F401 (best is part of the tracking edge)
+    from .runs import SweepReader
 
-    c = MlflowClient(tracking_uri=tracking_uri)
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
-        raise ValueError(f"MLflow experiment {experiment!r} not found at {tracking_uri}")
-    parents = c.search_runs([exp.experiment_id], filter_string="tags.`ranksweep.role` = 'sweep'", order_by=["attributes.start_time DESC"])
-    if sweep:
-        parents = [p for p in parents if p.info.run_name == sweep]
-    if not parents:
-        raise ValueError(f"no sweep{' named ' + repr(sweep) if sweep else ''} in experiment {experiment!r}")
-    parent = parents[0].info.run_id
-    flt = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'FINISHED'"
-    if filter:
-        flt += f" and {filter}"
-    runs = c.search_runs([exp.experiment_id], filter_string=flt, max_results=50000)
-    from .tracking import mlflow_key
-
-    key_name = mlflow_key(metric)
+    reader = SweepReader(tracking_uri, experiment, sweep)
+    runs = reader.trials(filter=filter)
     group_by = [AXIS_ALIASES.get(g, g) for g in group_by] if group_by else None
     groups: dict[str, list] = defaultdict(list)
     settings: dict[str, dict] = {}
     for r in runs:
-        if key_name not in r.data.metrics:
+        if metric not in r.metrics:
             continue
-        cell = json.loads(r.data.tags.get("ranksweep.cell", "{}"))
-        if group_by:
-            key_cell = {g: cell.get(g, _param(r, g)) for g in group_by}
-        else:
-            key_cell = cell
+        key_cell = {g: r.cell.get(g, parse_value(r.params.get(g))) for g in group_by} if group_by else r.cell
         key = json.dumps(key_cell, sort_keys=True)
         settings[key] = key_cell
-        groups[key].append((r.data.metrics[key_name], r.info.run_id, r.info.run_name))
+        groups[key].append((r.metrics[metric], r.run_id, r.name))
     rows = []
     for key, vals in groups.items():
         xs = [v for v, _, _ in vals]
@@ -66,16 +49,6 @@ def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: 
                      "runs": [n for _, _, n in vals], "run_ids": [i for _, i, _ in vals]})
     rows.sort(key=lambda r: r["mean"], reverse=(mode == "max"))
     return rows[:top]
-
-
-def _param(run, key: str):
-    v = run.data.params.get(key)
-    if v is None:
-        return None
-    try:
-        return yaml.safe_load(v)
-    except yaml.YAMLError:
-        return v
 
 
 def as_trial_yaml(settings: dict) -> str:

@@ -18,22 +18,11 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from .runs import from_mlflow_key, mlflow_key  # noqa: F401 (the names live with the reader)
+
 logger = logging.getLogger(__name__)
 
 PARAM_LIMIT = 6000
-
-
-def mlflow_key(key: str) -> str:
-    """An ir_measures metric key as MLflow accepts it: ``dev/nDCG@10`` → ``dev/nDCG_at_10``.
-
-    MLflow names allow letters, digits, ``_ - . / :`` and spaces, not ``@``; ``best`` and the
-    report translate back with ``from_mlflow_key``.
-    """
-    return key.replace("@", "_at_")
-
-
-def from_mlflow_key(key: str) -> str:
-    return key.replace("_at_", "@")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -127,9 +116,9 @@ class MLflowTracking(Callback):
             c.update_run(self.parent_id, status="RUNNING")
             logger.info("reattached to MLflow sweep run %s", self.parent_id)
             return self.parent_id
-        import ray
-
         from importlib.metadata import version
+
+        import ray
 
         tags = {"ranksweep.role": "sweep", "ranksweep.sweep_key": self.sweep_key, "ranksweep.version": version("ranksweep"),
                 "ray.version": ray.__version__}

@@ -12,7 +12,7 @@ from typing import Optional
 from ranksweep.core import TrialConfig, prepare
 from ranksweep.search_spaces.space import apply
 
-from .spec import Sweep, SpecError
+from .spec import SpecError, Sweep
 
 logger = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import uuid
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_BEIR
+
 from ranksweep.core.config import SamplerConfig, TeacherConfig
 from ranksweep.core.data import cache as cache_mod
-from ranksweep.core.data.batching import SpecialTokens, pair_chunks, padding_efficiency, plan_chunks, single_chunks
+from ranksweep.core.data.batching import SpecialTokens, padding_efficiency, pair_chunks, plan_chunks, single_chunks
 from ranksweep.core.data.cache import cache_root
 from ranksweep.core.data.candidates import bm25_candidates
 from ranksweep.core.data.collections import DatasetError, load_collection, split_train_dev

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranksweep.core.metrics import (diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy,
-                                    read_trec_run, write_trec_run)
+from ranksweep.core.metrics import diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy, read_trec_run, write_trec_run
 
 
 def test_listwise_entropy_by_hand():
@@ -92,8 +91,8 @@ def test_project_ndcg_equals_pytrec_eval_on_its_run_file(tmp_path):
     """The run file written by the project, read back and scored by pytrec_eval directly."""
     import pytrec_eval
 
-    from ranksweep.core.data.candidates import bm25_candidates
     from ranksweep.core.data.cache import cache_root
+    from ranksweep.core.data.candidates import bm25_candidates
     from ranksweep.core.data.collections import load_collection
 
     col = load_collection("beir/scifact/test")

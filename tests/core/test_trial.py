@@ -12,6 +12,7 @@ import scipy.special
 import scipy.stats
 import torch
 from conftest import fast_config
+
 from ranksweep.core import Trial, TrialConfig, prepare, run_trial
 from ranksweep.core.losses import LOSSES
 from ranksweep.core.metrics import read_trec_run

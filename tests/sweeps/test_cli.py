@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import REPO, fast_config
+
 from ranksweep.core.config import reference_rows
 
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from ranksweep.search_spaces import SearchSpace, SpaceError, load_space
 from ranksweep.sweeps.spec import SpecError, load_sweep
 
@@ -137,6 +137,8 @@ def test_cluster_yaml_passes_ray_validation():
     gpu = cfg["available_node_types"]["gpu_worker"]
     assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
     assert any("ranksweep" in c for c in cfg["setup_commands"])
+    from jsonschema.exceptions import ValidationError
+
     broken = dict(cfg, max_wrkers=3)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="max_wrkers"):
         validate_config(prepare_config(broken))

@@ -1,0 +1,162 @@
+"""A sweep as ranksweep stores it in MLflow, and reading it back (``best``, ``report``).
+
+Writing happens in ``tracking.py``, a Ray Tune callback on the driver. This module only reads
+and needs no Ray: one parent run per sweep (tag ``ranksweep.role=sweep``), one nested child run
+per trial (``ranksweep.role=trial``) carrying its cell (``ranksweep.cell``, the searched axis
+values as JSON), seed, early-stopping flag, params, metrics (step = docs seen) and output files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+ROLE = "ranksweep.role"
+SWEEP_KEY = "ranksweep.sweep_key"
+TRIAL_ID = "ranksweep.trial_id"
+CELL = "ranksweep.cell"
+SEED = "ranksweep.seed"
+STOPPED_EARLY = "ranksweep.stopped_early"
+ERROR = "ranksweep.error"
+PARENT = "mlflow.parentRunId"
+
+
+def mlflow_key(key: str) -> str:
+    """An ir_measures metric key as MLflow accepts it: ``dev/nDCG@10`` → ``dev/nDCG_at_10``.
+
+    MLflow names allow letters, digits, ``_ - . / :`` and spaces, not ``@``; readers translate
+    back with ``from_mlflow_key``.
+    """
+    return key.replace("@", "_at_")
+
+
+def from_mlflow_key(key: str) -> str:
+    return key.replace("_at_", "@")
+
+
+def parse_value(text: Optional[str]) -> Any:
+    """A logged param back to its value (``'4.0'`` → 4.0, ``'[1, 2]'`` → [1, 2])."""
+    if text is None:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+@dataclass
+class TrialRun:
+    """One trial as read from MLflow; metric keys are back in ir_measures notation."""
+
+    run_id: str
+    name: str
+    status: str
+    cell: dict[str, Any]
+    seed: int
+    stopped_early: bool
+    metrics: dict[str, float]
+    params: dict[str, str] = field(default_factory=dict)
+    error: Optional[str] = None
+
+    @property
+    def docs_seen(self) -> int:
+        return int(self.metrics.get("docs_seen", 0))
+
+    def cell_key(self) -> str:
+        """The cell as one stable string (seeds of a cell share it)."""
+        return json.dumps(self.cell, sort_keys=True, default=list)
+
+
+class SweepReader:
+    """The runs of one sweep: ``SweepReader(uri, experiment)`` takes the experiment's latest sweep."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep: Optional[str] = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            known = [e.name for e in self.client.search_experiments()]
+            raise ValueError(f"MLflow experiment {experiment!r} not found at {tracking_uri} (experiments there: {known})")
+        self.experiment = experiment
+        self.experiment_id = exp.experiment_id
+        parents = self.client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'sweep'",
+                                          order_by=["attributes.start_time DESC"])
+        names = [p.info.run_name for p in parents]
+        if sweep:
+            parents = [p for p in parents if p.info.run_name == sweep]
+        if not parents:
+            which = f" named {sweep!r}" if sweep else ""
+            raise ValueError(f"no sweep{which} in experiment {experiment!r} (sweeps there: {names or 'none'})")
+        self.parent = parents[0]
+        self.name = self.parent.info.run_name
+        self.run_id = self.parent.info.run_id
+
+    @property
+    def params(self) -> dict[str, str]:
+        return dict(self.parent.data.params)
+
+    def spec_value(self, key: str, default: Any = None) -> Any:
+        """A value of the sweep spec as logged on the parent run (``search``, ``metric``, ``mode``…)."""
+        v = self.parent.data.params.get(f"spec.{key}")
+        return default if v is None else parse_value(v)
+
+    def trials(self, statuses: tuple[str, ...] = ("FINISHED",), filter: Optional[str] = None) -> list[TrialRun]:
+        """The sweep's trial runs with one of ``statuses``; ``filter`` is an MLflow filter string."""
+        flt = f"tags.`{PARENT}` = '{self.run_id}'"
+        if filter:
+            flt += f" and {filter}"
+        out = []
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=5000, page_token=token)
+            for r in page:
+                if r.data.tags.get(ROLE) != "trial" or r.info.status not in statuses:
+                    continue
+                out.append(TrialRun(
+                    run_id=r.info.run_id, name=r.info.run_name, status=r.info.status,
+                    cell=json.loads(r.data.tags.get(CELL, "{}")), seed=int(r.data.tags.get(SEED, 0)),
+                    stopped_early=r.data.tags.get(STOPPED_EARLY) == "true",
+                    metrics={from_mlflow_key(k): v for k, v in r.data.metrics.items()},
+                    params=dict(r.data.params), error=r.data.tags.get(ERROR)))
+            token = page.token
+            if not token:
+                break
+        out.sort(key=lambda t: t.name)
+        return out
+
+    def count(self, status: str) -> int:
+        return len(self.trials(statuses=(status,)))
+
+    def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        """``(docs seen, value)`` of ``metric`` at every evaluation of a run."""
+        hist = self.client.get_metric_history(run_id, mlflow_key(metric))
+        return sorted((int(m.step), float(m.value)) for m in hist)
+
+    def artifact_text(self, run_id: str, path: str) -> Optional[str]:
+        """The text of one artifact of a run, or None when the run has no such file."""
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
+                                                            tracking_uri=self.tracking_uri)
+            except Exception as e:  # noqa: BLE001 (MLflow raises different types per artifact store)
+                logger.debug("no artifact %s in run %s: %s", path, run_id, e)
+                return None
+            p = Path(local)
+            return p.read_text() if p.is_file() else None
+
+    def sweep_file(self) -> dict:
+        """The resolved sweep (``spec``, ``base``, ``space`` axes) logged with the parent run."""
+        text = self.artifact_text(self.run_id, "sweep.yaml")
+        return yaml.safe_load(text) if text else {}
