@@ -110,6 +110,7 @@ def main_run(args: list[str]) -> int:
     rows = best(sweep.experiment, sweep.tracking_uri, metric=sweep.fields.metric, mode=sweep.fields.mode, top=a.top, sweep=sweep.name)
     print(f"best settings by {sweep.fields.metric} (mean ± std over seeds):")
     print(format_rows(rows, sweep.fields.metric))
+    print(f"\nreport: ranksweep report --experiment {sweep.experiment} --tracking-uri {sweep.tracking_uri} --out reports/{sweep.name}")
     return 0
 
 
@@ -157,10 +158,56 @@ def main_best(args: list[str]) -> int:
     return 0
 
 
+def main_report(args: list[str]) -> int:
+    """ranksweep report --experiment NAME --out DIR [--metric M] [--margin 0.01] [--color-by AXIS]"""
+    p = argparse.ArgumentParser(prog="ranksweep report",
+                                description="Report of a sweep from MLflow: marginal effects per axis, entropy/diameter against "
+                                            "effectiveness, TOST equivalence to the best cell, learning curves, parameter importance. "
+                                            "Writes report.html (self-contained), report.md, report.json, figures/ and tables/.")
+    p.add_argument("--experiment", required=True, help="MLflow experiment of the sweep")
+    p.add_argument("--out", required=True, help="folder to write the report into")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    p.add_argument("--sweep", default=None, help="sweep (parent run) name; default: the latest")
+    p.add_argument("--metric", default=None,
+                   help="effectiveness metric (default: the selection measure on the first eval collection, e.g. beir-scifact-test/nDCG@10)")
+    p.add_argument("--margin", type=float, default=0.01, help="absolute TOST equivalence margin in metric points (default 0.01)")
+    p.add_argument("--alpha", type=float, default=0.05, help="TOST level (default 0.05)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the marginal intervals (default 0.95)")
+    p.add_argument("--top-k", type=int, default=5, help="trials drawn in the learning curves besides those stopped early")
+    p.add_argument("--color-by", default=None, help="axis colouring the scatter plots (default: sampler.name when searched)")
+    p.add_argument("--min-importance-trials", type=int, default=10, help="finished trials needed for parameter importance")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(args)
+    _setup_logging(a.verbose)
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours covers the whole read
+    from ranksweep.sweeps.report import ReportError, report
+    from ranksweep.sweeps.spec import absolute_uri
+
+    try:
+        rep = report(a.experiment, a.out, absolute_uri(a.tracking_uri), a.sweep, a.metric, a.margin, a.alpha, a.level, a.top_k,
+                     a.color_by, a.min_importance_trials, progress=not a.no_progress)
+    except ReportError as e:
+        print(f"ranksweep report: {e}", file=sys.stderr)
+        return 2
+    eq = rep.data["equivalence"]
+    print(f"report of sweep {rep.data['sweep']!r}: {rep.files['html']}")
+    print(f"  markdown {rep.files['md']}, numbers {rep.files['json']}, {sum(1 for k in rep.files if k not in ('html', 'md', 'json'))} figures")
+    if eq.get("best"):
+        print(f"  best cell by {eq['metric']}: {eq['best']} ({eq['best_mean']:.4f}); equivalent within ±{eq['margin']:g}: "
+              f"{', '.join(eq['equivalent_to_best']) or 'none'}")
+    else:
+        print(f"  equivalence: {eq.get('refused')}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "trial": main_trial,
     "run": main_run,
     "best": main_best,
+    "report": main_report,
 }
 
 

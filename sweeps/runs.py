@@ -52,6 +52,20 @@ def parse_value(text: Optional[str]) -> Any:
         return text
 
 
+SHORT = {"sampler.name": "", "loss": "", "temperature": "T", "group_size": "g", "student.num_layers": "L",
+         "student.kind": "", "augment.negatives_mix": "mix", "optim.lr": "lr"}
+
+
+def cell_label(cell: dict, sep: str = " ") -> str:
+    """A cell in a few characters: ``bm25 kl T2 g8`` (other axes as ``key=value``)."""
+    parts = []
+    for k, v in cell.items():
+        if isinstance(v, float):
+            v = f"{v:.3g}"
+        parts.append(f"{SHORT[k]}{v}" if k in SHORT else f"{k.split('.')[-1]}={v}")
+    return sep.join(str(p) for p in parts) or "(base)"
+
+
 @dataclass
 class TrialRun:
     """One trial as read from MLflow; metric keys are back in ir_measures notation."""
@@ -81,6 +95,10 @@ class SweepReader:
     def __init__(self, tracking_uri: str, experiment: str, sweep: Optional[str] = None) -> None:
         from mlflow.tracking import MlflowClient
 
+        if tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri[len("sqlite:///"):])
+            if not db.exists():  # MLflow would create an empty database and find nothing in it
+                raise ValueError(f"no MLflow database at {db} (tracking URI {tracking_uri}); pass the sweep's --tracking-uri")
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from .runs import from_mlflow_key, mlflow_key  # noqa: F401 (the names live with the reader)
+from .runs import cell_label, from_mlflow_key, mlflow_key  # noqa: F401 (the names live with the reader)
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +38,8 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 
 def run_name(cell: dict, seed: int) -> str:
-    """A short run name from a cell: ``bm25-kl-T2-g8-s0`` (other axes appended as key=value)."""
-    short = {"sampler.name": "", "loss": "", "temperature": "T", "group_size": "g", "student.num_layers": "L",
-             "student.kind": "", "augment.negatives_mix": "mix", "optim.lr": "lr"}
-    parts = []
-    for k, v in cell.items():
-        if isinstance(v, float):
-            v = f"{v:g}"
-        if k in short:
-            parts.append(f"{short[k]}{v}")
-        else:
-            parts.append(f"{k.split('.')[-1]}={v}")
-    parts.append(f"s{seed}")
-    return "-".join(str(p) for p in parts)
+    """A short run name from a cell and seed: ``bm25-kl-T2-g8-s0``."""
+    return f"{cell_label(cell, sep='-')}-s{seed}"
 
 
 def git_commit() -> Optional[str]:

@@ -1,0 +1,224 @@
+"""The statistics of a sweep report: marginal means with confidence intervals, correlations, TOST.
+
+Pure functions over plain numbers (no MLflow, no plotting), so each one is checked against an
+independent computation in the tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+
+class StatsError(ValueError):
+    """The data cannot support the test asked for; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of ``n`` values with a two-sided ``level`` t confidence interval (NaN bounds when n < 2)."""
+
+    n: int
+    mean: float
+    std: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
+    """Mean and Student-t confidence interval: ``mean ± t_{(1+level)/2, n-1} · s / √n``.
+
+    ``s`` is the sample standard deviation (n − 1). With one value the interval is undefined
+    (NaN); with none, everything is NaN.
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return Interval(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if n < 2:
+        return Interval(1, mean, math.nan, math.nan, math.nan)
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(n, mean, sd, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    n: int
+    pearson: float
+    pearson_p: float
+    spearman: float
+    spearman_p: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> Correlation:
+    """Pearson's r and Spearman's ρ (scipy, two-sided p-values) over the pairs where both are finite.
+
+    Fewer than three pairs, or a constant variable, gives NaN.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    n = len(a)
+    if n < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return Correlation(n, math.nan, math.nan, math.nan, math.nan)
+    pr = stats.pearsonr(a, b)
+    sr = stats.spearmanr(a, b)
+    return Correlation(n, float(pr.statistic), float(pr.pvalue), float(sr.statistic), float(sr.pvalue))
+
+
+@dataclass(frozen=True)
+class Tost:
+    """Two one-sided tests of |mean(a) − mean(b)| < margin; ``p`` is the larger one-sided p-value."""
+
+    a: str
+    b: str
+    n_a: int
+    n_b: int
+    diff: float
+    margin: float
+    p_lower: float
+    p_upper: float
+    p: float
+    df: float
+    ci_low: float
+    ci_high: float
+    equivalent: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05, names: tuple[str, str] = ("a", "b")) -> Tost:
+    """Welch two one-sided tests (TOST) for the equivalence of two means within an absolute margin.
+
+    Hypotheses, with δ = μ_a − μ_b and the margin ε fixed in advance:
+
+    .. math:: H_0: \\delta \\le -\\varepsilon \\ \\text{or}\\ \\delta \\ge \\varepsilon
+              \\quad\\text{vs}\\quad H_1: -\\varepsilon < \\delta < \\varepsilon
+
+    Each side is a one-sided Welch t-test, ``t_1 = (d + ε)/se`` (upper tail) and
+    ``t_2 = (d − ε)/se`` (lower tail), with ``se² = s_a²/n_a + s_b²/n_b`` and Welch–Satterthwaite
+    degrees of freedom; ``ci_low``/``ci_high`` bound the (1 − 2·alpha) Welch interval of δ. The
+    pair is declared equivalent when ``p = max(p_1, p_2) < alpha``, which is the same as that
+    interval lying inside (−ε, ε) (Schuirmann 1987).
+    Computed by ``statsmodels.stats.weightstats.ttost_ind(usevar="unequal")``.
+
+    Assumptions: the values of each cell (one per seed) are independent draws from a normal
+    distribution; variances may differ. ``margin`` is absolute (nDCG points) and must not be
+    derived from the data being tested — a margin computed from the observed means or spreads
+    changes with the sample and voids the test's error rate. With two identical, zero-variance
+    cells the t statistics are undefined; then the decision is exact (p = 0 when |d| < ε, else 1).
+
+    Raises:
+        StatsError: when a cell has fewer than 2 values (no variance estimate, no test).
+
+    References:
+        Schuirmann, "A comparison of the two one-sided tests procedure and the power approach for
+        assessing the equivalence of average bioavailability", J. Pharmacokinet. Biopharm. 15 (1987).
+    """
+    if margin <= 0 or not math.isfinite(margin):
+        raise StatsError(f"equivalence margin must be a positive number, got {margin}")
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    for name, v in zip(names, (x, y)):
+        if len(v) < 2:
+            raise StatsError(f"TOST needs at least 2 seeds per cell; {name!r} has {len(v)}")
+    d = float(x.mean() - y.mean())
+    se2 = x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y)
+    if se2 == 0:
+        p = 0.0 if abs(d) < margin else 1.0
+        return Tost(names[0], names[1], len(x), len(y), d, margin, p, p, p, math.inf, d, d, p < alpha)
+    from scipy import stats
+    from statsmodels.stats.weightstats import ttost_ind
+
+    p, (_, p1, df), (_, p2, _) = ttost_ind(x, y, -margin, margin, usevar="unequal")
+    half = float(stats.t.ppf(1 - alpha, df)) * math.sqrt(se2)
+    return Tost(names[0], names[1], len(x), len(y), d, margin, float(p1), float(p2), float(p), float(df), d - half, d + half,
+                bool(p < alpha))
+
+
+@dataclass
+class Equivalence:
+    """Every pair of cells tested, and the cells equivalent to the best one."""
+
+    metric: str
+    margin: float
+    alpha: float
+    best: str
+    best_mean: float
+    pairs: list[Tost]
+    to_best: list[Tost]
+    holm: dict[str, float]
+
+    @property
+    def equivalent_to_best(self) -> list[str]:
+        return [t.b for t in self.to_best if t.equivalent]
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "margin": self.margin, "alpha": self.alpha, "best": self.best,
+                "best_mean": self.best_mean, "equivalent_to_best": self.equivalent_to_best,
+                "to_best": [t.as_dict() | {"p_holm": self.holm.get(t.b)} for t in self.to_best],
+                "pairs": [t.as_dict() for t in self.pairs]}
+
+
+def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
+    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    items = sorted(pvalues.items(), key=lambda kv: kv[1])
+    m = len(items)
+    out, running = {}, 0.0
+    for i, (k, p) in enumerate(items):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def equivalence(cells: Mapping[str, Sequence[float]], metric: str, margin: float = 0.01, alpha: float = 0.05,
+                mode: str = "max") -> Equivalence:
+    """TOST between every pair of cells, and which cells are equivalent to the best.
+
+    ``cells`` maps a cell's name to its per-seed values. The best cell has the highest mean
+    (lowest with ``mode="min"``). Each comparison with the best is its own equivalence claim at
+    level ``alpha``; Holm-adjusted p-values for the family of comparisons with the best are
+    given too, for readers who want the whole set's error controlled.
+
+    Raises:
+        StatsError: naming every cell with fewer than 2 seeds, or when fewer than 2 cells are given.
+    """
+    short = {k: len(v) for k, v in cells.items() if len(v) < 2}
+    if short:
+        listed = ", ".join(f"{k} ({n} seed{'s' if n != 1 else ''})" for k, n in sorted(short.items()))
+        raise StatsError(f"equivalence tests need at least 2 seeds per cell; too few: {listed}. "
+                         "Run the sweep with seeds: 2 or more (or leave these cells out)")
+    if len(cells) < 2:
+        raise StatsError(f"equivalence tests need at least 2 cells, got {len(cells)}")
+    means = {k: float(np.mean(v)) for k, v in cells.items()}
+    best = (max if mode == "max" else min)(means, key=means.get)
+    pairs = [tost(cells[a], cells[b], margin, alpha, (a, b)) for a, b in itertools.combinations(sorted(cells), 2)]
+    to_best = [tost(cells[best], cells[k], margin, alpha, (best, k)) for k in sorted(cells, key=means.get, reverse=mode == "max")
+               if k != best]
+    return Equivalence(metric, margin, alpha, best, means[best], pairs, to_best, holm({t.b: t.p for t in to_best}))
+
+
+def marginal(values_by_level: Mapping[object, Sequence[float]], level: float = 0.95) -> dict[object, Interval]:
+    """``mean_ci`` of each level of an axis (its runs pooled over the other axes and seeds)."""
+    return {k: mean_ci(v, level) for k, v in values_by_level.items()}
+
+
+def finite(values: Sequence[Optional[float]]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
