@@ -211,10 +211,21 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return d
 
 
+SHORTHAND_KEYS = {"sampler": "name", "teacher": "kind"}  # ``sampler: bm25`` means ``sampler: {name: bm25}``
+
+
 def set_dotted(d: dict, key: str, value: Any) -> None:
+    """Set ``d["a"]["b"] = value`` for ``key="a.b"``, expanding shorthands (``sampler: bm25``) on the way."""
     parts = key.split(".")
+    path = []
     for p in parts[:-1]:
-        d = d.setdefault(p, {})
+        path.append(p)
+        cur = d.setdefault(p, {})
+        if isinstance(cur, str) and p in SHORTHAND_KEYS:
+            cur = d[p] = {SHORTHAND_KEYS[p]: cur}
+        if not isinstance(cur, dict):
+            raise ConfigError(f"{'.'.join(path)}: cannot set {key!r} inside {cur!r} (a {type(cur).__name__}, not a mapping)")
+        d = cur
     d[parts[-1]] = value
 
 

@@ -144,27 +144,10 @@ class SearchSpace:
     def to_optuna_define_by_run(self, seed: int = 0) -> Callable:
         """A define-by-run function for ``OptunaSearch(space=...)``: asks only active axes.
 
-        It does no computation and returns ``{"params": cell, "seed": seed}`` (constants, as Ray expects).
+        It does no computation and returns ``{"params": cell, "seed": seed}`` (constants, as Ray
+        expects). It is a module-level callable, so Tune can pickle the searcher's state.
         """
-        axes = self.axes
-
-        def define_by_run(trial) -> dict:
-            cell: dict = {}
-            for a in axes:
-                if not a.active(cell):
-                    continue
-                if a.categorical:
-                    idx = trial.suggest_categorical(a.key, list(range(len(a.values))))
-                    cell[a.key] = a.values[idx]
-                elif a.dist == "uniform":
-                    cell[a.key] = trial.suggest_float(a.key, a.low, a.high)
-                elif a.dist == "loguniform":
-                    cell[a.key] = trial.suggest_float(a.key, a.low, a.high, log=True)
-                else:
-                    cell[a.key] = trial.suggest_int(a.key, int(a.low), int(a.high), log=a.dist == "logint")
-            return {"params": cell, "seed": seed}
-
-        return define_by_run
+        return DefineByRun(self.axes, seed)
 
     def size(self) -> Optional[int]:
         try:
@@ -233,3 +216,27 @@ def load_space(name_or_path: str | Path, base: Optional[dict] = None) -> SearchS
             raise SpaceError(f"search space not found: {name_or_path!r} (shipped: {shipped})")
         p = cand
     return SearchSpace.from_yaml(p, base)
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """Optuna define-by-run over a space's axes (picklable, unlike a closure)."""
+
+    axes: tuple[Axis, ...]
+    seed: int = 0
+
+    def __call__(self, trial) -> dict:
+        cell: dict = {}
+        for a in self.axes:
+            if not a.active(cell):
+                continue
+            if a.categorical:
+                idx = trial.suggest_categorical(a.key, list(range(len(a.values))))
+                cell[a.key] = a.values[idx]
+            elif a.dist == "uniform":
+                cell[a.key] = trial.suggest_float(a.key, a.low, a.high)
+            elif a.dist == "loguniform":
+                cell[a.key] = trial.suggest_float(a.key, a.low, a.high, log=True)
+            else:
+                cell[a.key] = trial.suggest_int(a.key, int(a.low), int(a.high), log=a.dist == "logint")
+        return {"params": cell, "seed": self.seed}

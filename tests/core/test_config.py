@@ -84,3 +84,14 @@ def test_replace_validates():
     assert cfg.replace(**{"optim.lr": 1e-3}).optim.lr == 1e-3
     with pytest.raises(ConfigError, match="group_size"):
         cfg.replace(group_size=0)
+
+
+def test_dotted_keys_expand_shorthands_and_name_what_they_cannot_set():
+    from ranksweep.core.config import set_dotted
+
+    d = {"sampler": "bm25", "teacher": "bm25", "loss": "kl"}
+    set_dotted(d, "sampler.name", "random")
+    set_dotted(d, "teacher.weight", 1.0)
+    assert d["sampler"] == {"name": "random"} and d["teacher"] == {"kind": "bm25", "weight": 1.0}
+    with pytest.raises(ConfigError, match=r"loss: cannot set 'loss.name' inside 'kl'"):
+        set_dotted(d, "loss.name", "lce")

@@ -51,7 +51,9 @@ def test_ray_grid_and_optuna_define_by_run_cover_the_same_keys():
     ray_space = space.to_ray_param_space([0, 1])
     grid_cells = ray_space["params"]["grid_search"]
     assert ray_space["seed"]["grid_search"] == [0, 1]
-    fn = space.to_optuna_define_by_run()
+    import pickle
+
+    fn = pickle.loads(pickle.dumps(space.to_optuna_define_by_run()))  # Tune pickles its searcher's state
     rng = random.Random(0)
     optuna_cells = []
     for _ in range(200):
@@ -94,7 +96,8 @@ def test_shipped_sweeps_resolve_and_dry_run():
         s = load_sweep(p)
         counts[s.name] = s.trial_count()
         assert "trials" in dry_run_summary(s)
-    assert counts["quickstart"] == 6
+    assert counts["quickstart"] == 6 * 2  # 6 cells x 2 seeds
+    assert counts["scifact-optuna"] == 48
     assert counts["scifact-ablation"] == (4 * (1 + 4 * 4)) * 3
     assert counts["paper-msmarco"] == 2 * 4 * 4 * 4
 

@@ -40,7 +40,9 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
     from ranksweep.sweeps.tuner import run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", {"storage": str(tmp_path / "ray"),
+    # the shipped quickstart with one seed per cell and ASHA (it ships with 2 seeds and no early stopping)
+    sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", {"storage": str(tmp_path / "ray"), "seeds": 1,
+                                                             "scheduler": {"name": "asha", "grace_docs": 128, "reduction_factor": 2},
                                                              "tracking": {"uri": uri, "experiment": "qs"}})
     try:
         results = run_sweep(sweep)
@@ -72,6 +74,18 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
     ours = best("qs", uri, metric="dev/nDCG@10", top=1)[0]
     assert ours["settings"] == ray_best.config["params"]
     assert ours["mean"] == pytest.approx(ray_best.metrics["dev/nDCG@10"])
+
+    # its report: one seed per cell, so no equivalence test; stopped trials drawn in the learning curves
+    from ranksweep.sweeps.report import report
+
+    rep = report("qs", tmp_path / "report", tracking_uri=uri).data
+    assert rep["counts"] == {"finished": 6 - len(stopped), "stopped_early": len(stopped), "failed": 0}
+    assert rep["equivalence"]["refused"].startswith("equivalence tests need at least 2 seeds per cell; too few:")
+    assert sorted(rep["curves"]["stopped"]) == sorted(r.info.run_name for r in stopped)
+    for r in stopped:
+        assert [d for d, _ in rep["curves"]["series"][r.info.run_name]][-1] < budget
+    assert sum(lv["stopped"] for lv in rep["marginal"]["loss"]["levels"]) == len(stopped)
+    assert (tmp_path / "report" / "report.html").exists()
 
 
 def _tiny_sweep(tmp_path, tiny_model, uri, trials_losses, budget=96, concurrent=1):
