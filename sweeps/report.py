@@ -33,7 +33,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .runs import SweepReader, TrialRun, cell_label, parse_value
-from .stats import StatsError, correlation, equivalence, finite, marginal
+from .stats import StatsError, correlation, equivalence, finite, marginal, mean_ci
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +243,6 @@ def _per_query(d: SweepData, measure: str, color_by: Optional[str]) -> dict:
         rows.append({"run": r.name, "run_id": r.run_id, "label": cell_label(r.cell), "group": _fmt_level(r.cell.get(color_by)) if color_by else "",
                      **c.as_dict()})
     rhos = finite([x["spearman"] for x in rows])
-    from .stats import mean_ci
-
     return {"measure": measure, "trials": rows, "spearman_mean": mean_ci(rhos).as_dict(),
             "pearson_mean": mean_ci(finite([x["pearson"] for x in rows])).as_dict(),
             "significant": sum(1 for x in rows if x["spearman_p"] < 0.05)}
@@ -282,12 +280,17 @@ def _importance(d: SweepData, metric: str, min_trials: int, mode: str) -> dict:
             "importances": dict(imp), "conditional_axes_left_out": [k for k in dists if k not in everywhere]}
 
 
+def default_metric(d: SweepData) -> str:
+    """The selection metric's measure on the first evaluation collection, else the selection metric."""
+    measure = d.selection.split("/", 1)[1]
+    return next((m for m in test_metrics(d.finished) if m.endswith("/" + measure)), d.selection)
+
+
 def build(d: SweepData, metric: Optional[str] = None, margin: float = 0.01, alpha: float = 0.05, level: float = 0.95,
           top_k: int = 5, color_by: Optional[str] = None, min_importance_trials: int = 10) -> dict[str, Any]:
     """Every number of the report, from what ``read_sweep`` read (plus per-query rows and curves)."""
     tests = test_metrics(d.finished)
-    if metric is None:
-        metric = next((m for m in tests if m.endswith("/" + d.selection.split("/", 1)[1])), d.selection)
+    metric = metric or default_metric(d)
     every = [d.selection, *tests, ENTROPY, DIAMETER]
     if not any(metric in r.metrics for r in d.finished):
         known = sorted({k for r in d.finished for k in r.metrics})
@@ -357,7 +360,7 @@ def _plt():
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False, "font.size": 9,
-                         "axes.titlesize": 9.5})
+                         "axes.titlesize": 9.5, "figure.constrained_layout.use": True})
     return plt
 
 
@@ -413,7 +416,7 @@ def figures(r: dict, folder: Path) -> list[dict]:
                     ax.set_ylim(max(0.0, bottom - pad), top + pad)
                 ax.set_title(key)
             ax.set_xlabel(axis)
-        fig.suptitle(f"Marginal effect of {axis} (mean, {round(100 * r['level'])}% CI over the other axes and seeds)", y=1.03)
+        fig.suptitle(f"Marginal effect of {axis} (mean, {round(100 * r['level'])}% CI over the other axes and seeds)")
         save(fig, f"marginal_{_slug(axis)}", f"Marginal effect of {axis}")
 
     pts = [p for p in r["points"] if p["metric"] is not None]
@@ -431,7 +434,7 @@ def figures(r: dict, folder: Path) -> list[dict]:
             ax.set_ylabel(metric)
         if r["color_by"]:
             axs[1].legend(title=r["color_by"], fontsize=7, title_fontsize=7, frameon=False, loc="best")
-        fig.suptitle("Locality and entropy: final effectiveness per trial", y=1.02)
+        fig.suptitle("Locality and entropy: final effectiveness per trial")
         save(fig, "locality_entropy", "Final effectiveness against teacher entropy and student diameter")
 
     pq = r["per_query"]
@@ -446,7 +449,7 @@ def figures(r: dict, folder: Path) -> list[dict]:
         axs[0].scatter(q.get("entropy", []), q.get("measure", []), s=10, alpha=0.6)
         axs[0].set_xlabel("teacher entropy of the query (BM25 top-G, nats)")
         axs[0].set_ylabel(f"student {pq['measure']} of the query")
-        axs[0].set_title(f"{best['run']}: Spearman ρ={best['spearman']:.2f} (n={best['n']})")
+        axs[0].set_title(f"{best['run']}: ρ={best['spearman']:.2f}, {best['n']} queries")
         groups = sorted({row["group"] for row in pq["trials"]})
         colors = _colors(groups)
         for i, g in enumerate(groups):
@@ -455,9 +458,9 @@ def figures(r: dict, folder: Path) -> list[dict]:
         axs[1].axhline(0, color="grey", lw=0.8)
         axs[1].set_xticks(range(len(groups)), groups)
         axs[1].set_xlabel(r["color_by"] or "")
-        axs[1].set_ylabel("per-trial Spearman ρ (entropy, effectiveness)")
+        axs[1].set_ylabel("Spearman ρ per trial")
         axs[1].set_title(f"mean ρ={pq['spearman_mean']['mean']:.2f} over {len(pq['trials'])} trials")
-        fig.suptitle("Per-query entropy–performance correlation", y=1.02)
+        fig.suptitle("Per-query entropy–performance correlation")
         save(fig, "per_query_entropy", "Per-query entropy–performance correlation")
 
     eq = r["equivalence"]
@@ -608,6 +611,10 @@ def sections(r: dict) -> list[tuple[str, list[tuple[str, Any]]]]:
                      f"{c['finished']} trials trained the whole budget of {r['budget_docs']:,} documents, {c['stopped_early']} were stopped early "
                      f"by the scheduler, {c['failed']} failed. Selection metric: {r['selection']}; effectiveness below is {metric}."
                      + (f" For reference on the same queries: {ref}." if ref else ""))]
+    if not eq.get("best") and r["cells"]:
+        top = r["cells"][0]
+        summary.append(("p", f"Best cell by {metric}: {top['label']} ({top['mean'][metric]:.4f}, {top['n']} seed{'s' if top['n'] != 1 else ''}); "
+                             "no equivalence test (see below)."))
     if eq.get("best"):
         k = len(eq["equivalent_to_best"])
         summary.append(("p", f"Best cell by {metric}: {eq['best']} ({eq['best_mean']:.4f}). "
@@ -759,8 +766,7 @@ def report(experiment: str, out: str | Path, tracking_uri: str = "sqlite:///mlfl
     if not d.finished:
         raise ReportError(f"sweep {d.sweep!r} has no trial that trained its whole budget ({len(d.stopped)} stopped early, "
                           f"{len(d.failed)} failed); nothing to report yet")
-    tests = test_metrics(d.finished)
-    m = metric or next((x for x in tests if x.endswith("/" + d.selection.split("/", 1)[1])), d.selection)
+    m = metric or default_metric(d)
     set_name = m.split("/", 1)[0]
     d.per_query = _read_per_query(reader, d.finished, set_name, progress)
     ranked = sorted([r for r in d.finished if math.isfinite(r.metrics.get(d.selection, math.nan))],

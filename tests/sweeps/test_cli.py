@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -65,3 +66,17 @@ def test_readme_documents_every_config_key():
     readme = (REPO / "README.md").read_text()
     missing = [k for k, _, _ in reference_rows() if f"| `{k}` |" not in readme]
     assert not missing, f"README config reference lacks {missing}"
+
+
+def test_readme_shows_the_quickstart_report_as_the_command_wrote_it():
+    """The README's report excerpt is the Summary of docs/quickstart-report/report.md, untouched."""
+    readme = (REPO / "README.md").read_text()
+    folder = REPO / "docs" / "quickstart-report"
+    md = (folder / "report.md").read_text()
+    summary = md.split("## Summary\n\n", 1)[1].split("\n## ", 1)[0].strip()
+    assert summary in readme
+    for fig in re.findall(r"\]\((docs/quickstart-report/[^)]+)\)", readme):
+        assert (REPO / fig).exists(), fig
+    data = json.loads((folder / "report.json").read_text())
+    assert data["sweep"] == "quickstart" and data["counts"]["finished"] == 12
+    assert data["equivalence"]["best"] == data["cells"][0]["label"]
