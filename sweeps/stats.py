@@ -19,8 +19,15 @@ class StatsError(ValueError):
     """The data cannot support the test asked for; the message names what is missing."""
 
 
+class Record:
+    """A frozen result dataclass that the report stores as a plain dict."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class Interval:
+class Interval(Record):
     """Mean of ``n`` values with a two-sided ``level`` t confidence interval (NaN bounds when n < 2)."""
 
     n: int
@@ -28,9 +35,6 @@ class Interval:
     std: float
     low: float
     high: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
@@ -54,15 +58,14 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
 
 
 @dataclass(frozen=True)
-class Correlation:
+class Correlation(Record):
+    """Pearson's r and Spearman's ρ of ``n`` pairs, with two-sided p-values."""
+
     n: int
     pearson: float
     pearson_p: float
     spearman: float
     spearman_p: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def correlation(x: Sequence[float], y: Sequence[float]) -> Correlation:
@@ -84,7 +87,7 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> Correlation:
 
 
 @dataclass(frozen=True)
-class Tost:
+class Tost(Record):
     """Two one-sided tests of |mean(a) − mean(b)| < margin; ``p`` is the larger one-sided p-value."""
 
     a: str
@@ -100,9 +103,6 @@ class Tost:
     ci_low: float
     ci_high: float
     equivalent: bool
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05, names: tuple[str, str] = ("a", "b")) -> Tost:
