@@ -72,6 +72,7 @@ class SweepData:
     mode: str
     budget: int
     axes: list[dict]
+    running: int
     finished: list[TrialRun]
     stopped: list[TrialRun]
     failed: list[TrialRun]
@@ -101,13 +102,16 @@ def read_sweep(experiment: str, tracking_uri: str, sweep: Optional[str] = None, 
     finished = [r for r in done if not r.stopped_early and r.docs_seen >= budget]
     stopped = [r for r in done if r not in finished]
     failed = [r for r in runs if r.status != "FINISHED"]
+    running = len(reader.trials(statuses=("RUNNING", "SCHEDULED")))
+    if running:
+        logger.warning("%d trials of sweep %r are still running; the report covers the ended ones", running, reader.name)
     axes = spec.get("space") or [{"key": k, "values": None, "dist": None} for k in json.loads(reader.params.get("axes", "[]"))]
     order = [a["key"] for a in axes]
     for r in runs:  # the cell in the space's axis order (MLflow keeps it sorted by key)
         r.cell = {**{k: r.cell[k] for k in order if k in r.cell}, **{k: v for k, v in r.cell.items() if k not in order}}
     data = SweepData(experiment, reader.name, tracking_uri, str(reader.spec_value("search", "grid")),
                      str(reader.spec_value("metric", "dev/nDCG@10")), str(reader.spec_value("mode", "max")), budget,
-                     axes, finished, stopped, failed)
+                     axes, running, finished, stopped, failed)
     return reader, data
 
 
@@ -327,7 +331,7 @@ def build(d: SweepData, metric: Optional[str] = None, margin: float = 0.01, alph
         "experiment": d.experiment, "sweep": d.sweep, "tracking_uri": d.tracking_uri, "search": d.search,
         "selection": d.selection, "mode": d.mode, "metric": metric, "test_metrics": tests, "budget_docs": d.budget,
         "axes": axis_keys, "color_by": color_by, "level": level,
-        "counts": {"finished": len(d.finished), "stopped_early": len(d.stopped), "failed": len(d.failed)},
+        "counts": {"finished": len(d.finished), "stopped_early": len(d.stopped), "failed": len(d.failed), "running": d.running},
         "failed": [{"run": r.name, "error": (r.error or "")[-300:]} for r in d.failed],
         "reference": dict(sorted(ref.items())),
         "cells": [{k: v for k, v in c.items() if k != "key"} for c in cells],
@@ -595,6 +599,22 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "ρ": r"$\rho$", "−": "-", "—": "--", "<": r"$<$"}
+
+
+def _latex(text: str) -> str:
+    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _latex_table(head: list[str], rows: list[list[str]]) -> str:
+    """A booktabs ``tabular`` (``\\usepackage{booktabs}``) to paste into a paper."""
+    lines = [r"\begin{tabular}{" + "l" * len(head) + "}", r"\toprule", " & ".join(_latex(h) for h in head) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
     h = "".join(f"<th>{html.escape(x)}</th>" for x in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -609,7 +629,9 @@ def sections(r: dict) -> list[tuple[str, list[tuple[str, Any]]]]:
     ref = ", ".join(f"{k} = {v:.4f}" for k, v in r["reference"].items() if k.endswith("/" + metric))
     summary = [("p", f"Sweep {r['sweep']!r} of experiment {r['experiment']!r} ({r['search']} search over {', '.join(r['axes'])}). "
                      f"{c['finished']} trials trained the whole budget of {r['budget_docs']:,} documents, {c['stopped_early']} were stopped early "
-                     f"by the scheduler, {c['failed']} failed. Selection metric: {r['selection']}; effectiveness below is {metric}."
+                     f"by the scheduler, {c['failed']} failed"
+                     + (f", {c['running']} still running (not in this report)" if c["running"] else "")
+                     + f". Selection metric: {r['selection']}; effectiveness below is {metric}."
                      + (f" For reference on the same queries: {ref}." if ref else ""))]
     if not eq.get("best") and r["cells"]:
         top = r["cells"][0]
@@ -684,7 +706,7 @@ th{background:#f3f3f3}figure{margin:.8em 0}figcaption{font-size:.85em;color:#555
 
 
 def write(r: dict, figs: list[dict], out: Path) -> dict[str, Path]:
-    """Write ``report.html`` (figures embedded), ``report.md``, ``report.json`` and ``tables/*.csv``."""
+    """Write ``report.html`` (figures embedded), ``report.md``, ``report.json`` and ``tables/*.csv|tex``."""
     out.mkdir(parents=True, exist_ok=True)
     tbl = tables(r)
     by_name = {f["name"]: f for f in figs}
@@ -725,6 +747,7 @@ def write(r: dict, figs: list[dict], out: Path) -> dict[str, Path]:
             w = csv.writer(fh)
             w.writerow(head)
             w.writerows(rows)
+        (tdir / f"{name}.tex").write_text(_latex_table(head, rows))
     return files
 
 

@@ -42,6 +42,20 @@ def run_name(cell: dict, seed: int) -> str:
     return f"{cell_label(cell, sep='-')}-s{seed}"
 
 
+def artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
+    """Where a new experiment keeps its artifacts: beside a SQLite database, else the server's choice.
+
+    MLflow's default for a SQLite store is ``./mlruns`` under whatever directory the driver
+    happens to run in; pinning it next to the database keeps a sweep's files together however
+    and wherever it is resumed.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in experiment)
+        return (db.parent / "mlartifacts" / safe).resolve().as_uri()
+    return None
+
+
 def git_commit() -> Optional[str]:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -97,7 +111,8 @@ class MLflowTracking(Callback):
             return self.parent_id
         c = self.client
         exp = c.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else c.create_experiment(self.experiment)
+        exp_id = exp.experiment_id if exp else c.create_experiment(self.experiment, artifact_location=artifact_location(
+            self.tracking_uri, self.experiment))
         self.experiment_id = exp_id
         found = c.search_runs([exp_id], filter_string=f"tags.`ranksweep.sweep_key` = '{self.sweep_key}' and tags.`ranksweep.role` = 'sweep'")
         if found:

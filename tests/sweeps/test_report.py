@@ -86,7 +86,7 @@ def test_marginal_means_and_intervals_equal_the_runs_with_each_value(grid):
     assert len(runs) == 12
     r = rep.data
     metric = r["metric"]
-    assert metric == "beir-scifact-test/nDCG@10" and r["counts"] == {"finished": 12, "stopped_early": 0, "failed": 0}
+    assert metric == "beir-scifact-test/nDCG@10" and r["counts"] == {"finished": 12, "stopped_early": 0, "failed": 0, "running": 0}
     for axis, labels in (("sampler.name", ["random", "bm25"]), ("loss", ["kl", "lce"]), ("temperature", ["1", "4"])):
         levels = r["marginal"][axis]["levels"]
         assert [x["label"] for x in levels] == labels  # the space's order
@@ -175,6 +175,9 @@ def test_learning_curves_and_files(grid):
     assert json.loads((out / "report.json").read_text())["equivalence"]["best"] == r["equivalence"]["best"]
     rows = (out / "tables" / "marginal_loss.csv").read_text().splitlines()
     assert rows[0].startswith("loss,finished,stopped early") and len(rows) == 3
+    tex = (out / "tables" / "cells.tex").read_text()  # booktabs, ready for a paper
+    assert tex.startswith("\\begin{tabular}{llllll}") and tex.count(" \\\\\n") == 1 + len(r["cells"])
+    assert "beir-scifact-test/nDCG@10 mean $\\pm$ sd" in tex
 
 
 @pytest.mark.skipif(not (BROWSER and DRIVER) and not os.environ.get("RANKSWEEP_REQUIRE_BROWSER"),

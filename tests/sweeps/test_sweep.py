@@ -68,6 +68,8 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
             arts = {a.path for a in c.list_artifacts(r.info.run_id)}
             assert {"final.json", "metrics.jsonl", "runs", "per_query"} <= arts
     assert stopped, "ASHA stopped no trial early"
+    # artifacts sit beside the SQLite database, not in the driver's working directory
+    assert list((tmp_path / "mlartifacts" / "qs").rglob("final.json")) and not (REPO / "mlruns").exists()
     for key in ("probe/diameter", "train/teacher_entropy", "train/loss", "train/docs_per_s"):
         assert mlflow_key(key) in children[0].data.metrics
     ray_best = results.get_best_result(metric="dev/nDCG@10", mode="max", scope="last")
@@ -79,7 +81,7 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
     from ranksweep.sweeps.report import report
 
     rep = report("qs", tmp_path / "report", tracking_uri=uri).data
-    assert rep["counts"] == {"finished": 6 - len(stopped), "stopped_early": len(stopped), "failed": 0}
+    assert rep["counts"] == {"finished": 6 - len(stopped), "stopped_early": len(stopped), "failed": 0, "running": 0}
     assert rep["equivalence"]["refused"].startswith("equivalence tests need at least 2 seeds per cell; too few:")
     assert sorted(rep["curves"]["stopped"]) == sorted(r.info.run_name for r in stopped)
     for r in stopped:
@@ -128,6 +130,11 @@ def test_driver_killed_mid_sweep_resumes_without_duplicates(tmp_path, tiny_model
     assert killed, "the sweep finished before it could be killed mid-way"
     _, _, before = _runs(uri, "tiny")
     finished_before = {r.data.tags["ranksweep.trial_id"]: r.info.run_id for r in before if r.info.status == "FINISHED"}
+    from ranksweep.sweeps.report import report
+
+    # a report of the killed sweep covers what ended and says how many are still marked running
+    counts = report("tiny", tmp_path / "report", tracking_uri=uri).data["counts"]
+    assert counts["finished"] == len(finished_before) and counts["running"] == sum(r.info.status == "RUNNING" for r in before) > 0
     out = _cli("run", str(spec), "--resume")
     log, _ = out.communicate(timeout=600)
     assert out.returncode == 0, log[-3000:]
