@@ -93,16 +93,19 @@ def read_sweep(experiment: str, tracking_uri: str, sweep: Optional[str] = None, 
     reader = SweepReader(tracking_uri, experiment, sweep)
     spec = reader.sweep_file()
     base = spec.get("base") or {}
-    runs = reader.trials(statuses=("FINISHED", "FAILED", "KILLED"))
+    runs = reader.trials(statuses=None)
     logger.info("sweep %r of experiment %r: %d trial runs", reader.name, experiment, len(runs))
-    done = [r for r in runs if r.status == "FINISHED"]
     budget = int(base.get("budget_docs") or parse_value(reader.params.get("spec.trial.budget_docs")) or 0)
     if not budget:
-        budget = max((r.docs_seen for r in done), default=0)
-    finished = [r for r in done if not r.stopped_early and r.docs_seen >= budget]
-    stopped = [r for r in done if r not in finished]
-    failed = [r for r in runs if r.status != "FINISHED"]
-    running = len(reader.trials(statuses=("RUNNING", "SCHEDULED")))
+        budget = max((r.docs_seen for r in runs if r.status == "FINISHED"), default=0)
+    finished, stopped, failed, running = [], [], [], 0
+    for r in runs:
+        if r.status == "FINISHED":
+            (finished if not r.stopped_early and r.docs_seen >= budget else stopped).append(r)
+        elif r.status in ("RUNNING", "SCHEDULED"):
+            running += 1
+        else:
+            failed.append(r)
     if running:
         logger.warning("%d trials of sweep %r are still running; the report covers the ended ones", running, reader.name)
     axes = spec.get("space") or [{"key": k, "values": None, "dist": None} for k in json.loads(reader.params.get("axes", "[]"))]
@@ -149,14 +152,9 @@ def _level_key(v: Any) -> str:
 
 def _axis_levels(axis: dict, runs: list[TrialRun]) -> list[Any]:
     """An axis's values in the search space's order (values seen in runs but not listed go last)."""
-    seen = [r.cell[axis["key"]] for r in runs if axis["key"] in r.cell]
-    listed = list(axis.get("values") or [])
-    out, keys = [], set()
-    for v in listed + sorted(seen, key=_level_key):
-        if _level_key(v) not in keys and any(_level_key(s) == _level_key(v) for s in seen):
-            out.append(v)
-            keys.add(_level_key(v))
-    return out
+    seen = {_level_key(r.cell[axis["key"]]): r.cell[axis["key"]] for r in runs if axis["key"] in r.cell}
+    listed = [_level_key(v) for v in axis.get("values") or []]
+    return [seen[k] for k in listed if k in seen] + [seen[k] for k in sorted(seen) if k not in listed]
 
 
 def _fmt_level(v: Any) -> str:
@@ -211,16 +209,12 @@ def _cells(d: SweepData, metrics: list[str], mode: str, metric: str) -> list[dic
 
 
 def _equivalence(cells: list[dict], stopped_cells: dict[str, str], metric: str, margin: float, alpha: float, mode: str) -> dict:
-    ok = {c["label"]: c["values"][metric] for c in cells if len(c["values"][metric]) >= 2}
-    short = [f"{c['label']} ({len(c['values'][metric])} finished seed{'s' if len(c['values'][metric]) != 1 else ''})"
-             for c in cells if len(c["values"][metric]) < 2]
-    short += [f"{label} (0 finished seeds)" for label in stopped_cells.values()]
+    values = {c["label"]: c["values"][metric] for c in cells} | {label: [] for label in stopped_cells.values()}
+    ok = {k: v for k, v in values.items() if len(v) >= 2}
+    short = [f"{k} ({len(v)} finished seed{'s' if len(v) != 1 else ''})" for k, v in values.items() if k not in ok]
     base = {"metric": metric, "margin": margin, "alpha": alpha, "excluded": short}
-    try:
-        if short and len(ok) < 2:
-            raise StatsError(f"equivalence tests need at least 2 seeds per cell; too few: {', '.join(short)}. "
-                             "Run the sweep with seeds: 2 or more")
-        eq = equivalence(ok, metric, margin, alpha, mode)
+    try:  # with fewer than 2 testable cells, the refusal names every cell short of seeds
+        eq = equivalence(ok if len(ok) >= 2 else values, metric, margin, alpha, mode)
     except StatsError as e:
         logger.warning("equivalence: %s", e)
         return {**base, "refused": str(e)}
@@ -284,6 +278,13 @@ def _importance(d: SweepData, metric: str, min_trials: int, mode: str) -> dict:
             "importances": dict(imp), "conditional_axes_left_out": [k for k in dists if k not in everywhere]}
 
 
+def top_trials(d: SweepData, k: int) -> list[TrialRun]:
+    """The ``k`` finished trials best by the selection metric."""
+    ranked = sorted([r for r in d.finished if math.isfinite(r.metrics.get(d.selection, math.nan))],
+                    key=lambda r: r.metrics[d.selection], reverse=d.mode == "max")
+    return ranked[:k]
+
+
 def default_metric(d: SweepData) -> str:
     """The selection metric's measure on the first evaluation collection, else the selection metric."""
     measure = d.selection.split("/", 1)[1]
@@ -323,9 +324,7 @@ def build(d: SweepData, metric: Optional[str] = None, margin: float = 0.01, alph
     points = [{"run": r.name, "label": cell_label(r.cell), "group": _fmt_level(r.cell.get(color_by)) if color_by else "",
                "metric": r.metrics.get(metric), "entropy": r.metrics.get(ENTROPY), "diameter": r.metrics.get(DIAMETER)}
               for r in d.finished]
-    ranked = sorted([r for r in d.finished if math.isfinite(r.metrics.get(d.selection, math.nan))],
-                    key=lambda r: r.metrics[d.selection], reverse=d.mode == "max")
-    top = ranked[:top_k]
+    top = top_trials(d, top_k)
     measure = metric.split("/", 1)[1]
     return {
         "experiment": d.experiment, "sweep": d.sweep, "tracking_uri": d.tracking_uri, "search": d.search,
@@ -378,8 +377,11 @@ def _colors(groups: list[str]) -> dict[str, Any]:
     return {g: cmap(i % 10) for i, g in enumerate(sorted(set(groups)))}
 
 
-def figures(r: dict, folder: Path) -> list[dict]:
-    """Draw every figure of report ``r`` as PNG into ``folder``; return ``[{name, title, path}]``."""
+def figures(r: dict, folder: Path, per_query: Optional[dict[str, dict[str, dict[str, float]]]] = None) -> list[dict]:
+    """Draw every figure of report ``r`` as PNG into ``folder``; return ``[{name, title, path}]``.
+
+    ``per_query`` (run id → query → column → value, as read by ``report``) feeds the per-query scatter.
+    """
     plt = _plt()
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -449,8 +451,8 @@ def figures(r: dict, folder: Path) -> list[dict]:
                 best = row
                 break
         fig, axs = plt.subplots(1, 2, figsize=(8, 3.2))
-        q = r.get("_per_query_points", {}).get(best["run_id"], {})
-        axs[0].scatter(q.get("entropy", []), q.get("measure", []), s=10, alpha=0.6)
+        q = (per_query or {}).get(best["run_id"], {}).values()
+        axs[0].scatter([v.get("teacher_entropy", math.nan) for v in q], [v.get(pq["measure"], math.nan) for v in q], s=10, alpha=0.6)
         axs[0].set_xlabel("teacher entropy of the query (BM25 top-G, nats)")
         axs[0].set_ylabel(f"student {pq['measure']} of the query")
         axs[0].set_title(f"{best['run']}: ρ={best['spearman']:.2f}, {best['n']} queries")
@@ -738,8 +740,7 @@ def write(r: dict, figs: list[dict], out: Path) -> dict[str, Path]:
     files = {"html": out / "report.html", "md": out / "report.md", "json": out / "report.json"}
     files["html"].write_text(page)
     files["md"].write_text("\n".join(md))
-    clean = {k: v for k, v in r.items() if not k.startswith("_")}
-    files["json"].write_text(json.dumps(clean, indent=1, default=str, allow_nan=True))
+    files["json"].write_text(json.dumps(r, indent=1, default=str, allow_nan=True))
     tdir = out / "tables"
     tdir.mkdir(exist_ok=True)
     for name, (head, rows) in tbl.items():
@@ -792,19 +793,12 @@ def report(experiment: str, out: str | Path, tracking_uri: str = "sqlite:///mlfl
     m = metric or default_metric(d)
     set_name = m.split("/", 1)[0]
     d.per_query = _read_per_query(reader, d.finished, set_name, progress)
-    ranked = sorted([r for r in d.finished if math.isfinite(r.metrics.get(d.selection, math.nan))],
-                    key=lambda r: r.metrics[d.selection], reverse=d.mode == "max")
-    for r in _progress(ranked[:top_k] + d.stopped, "learning curves", progress):
+    for r in _progress(top_trials(d, top_k) + d.stopped, "learning curves", progress):
         d.curves[r.run_id] = reader.history(r.run_id, d.selection)
     data = build(d, m, margin, alpha, level, top_k, color_by, min_importance_trials)
-    measure = m.split("/", 1)[1]
-    data["_per_query_points"] = {rid: {"entropy": [v.get("teacher_entropy", math.nan) for v in pq.values()],
-                                       "measure": [v.get(measure, math.nan) for v in pq.values()]}
-                                 for rid, pq in d.per_query.items()}
     out = Path(out)
-    figs = figures(data, out / "figures")
+    figs = figures(data, out / "figures", d.per_query)
     files = write(data, figs, out)
     files.update({f["name"]: f["path"] for f in figs})
-    data.pop("_per_query_points")
     logger.info("report written to %s (%d figures)", out, len(figs))
     return Report(data, out, files)

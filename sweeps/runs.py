@@ -128,8 +128,8 @@ class SweepReader:
         v = self.parent.data.params.get(f"spec.{key}")
         return default if v is None else parse_value(v)
 
-    def trials(self, statuses: tuple[str, ...] = ("FINISHED",), filter: Optional[str] = None) -> list[TrialRun]:
-        """The sweep's trial runs with one of ``statuses``; ``filter`` is an MLflow filter string."""
+    def trials(self, statuses: Optional[tuple[str, ...]] = ("FINISHED",), filter: Optional[str] = None) -> list[TrialRun]:
+        """The sweep's trial runs with one of ``statuses`` (None: any); ``filter`` is an MLflow filter string."""
         flt = f"tags.`{PARENT}` = '{self.run_id}'"
         if filter:
             flt += f" and {filter}"
@@ -138,7 +138,7 @@ class SweepReader:
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=5000, page_token=token)
             for r in page:
-                if r.data.tags.get(ROLE) != "trial" or r.info.status not in statuses:
+                if r.data.tags.get(ROLE) != "trial" or (statuses is not None and r.info.status not in statuses):
                     continue
                 out.append(TrialRun(
                     run_id=r.info.run_id, name=r.info.run_name, status=r.info.status,
@@ -151,9 +151,6 @@ class SweepReader:
                 break
         out.sort(key=lambda t: t.name)
         return out
-
-    def count(self, status: str) -> int:
-        return len(self.trials(statuses=(status,)))
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
         """``(docs seen, value)`` of ``metric`` at every evaluation of a run."""

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from .runs import cell_label, from_mlflow_key, mlflow_key  # noqa: F401 (the names live with the reader)
+from .runs import cell_label, mlflow_key
 
 logger = logging.getLogger(__name__)
 

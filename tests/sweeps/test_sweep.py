@@ -35,8 +35,8 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
     import ray
 
     from ranksweep.sweeps.best import best
+    from ranksweep.sweeps.runs import mlflow_key
     from ranksweep.sweeps.spec import load_sweep
-    from ranksweep.sweeps.tracking import mlflow_key
     from ranksweep.sweeps.tuner import run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
