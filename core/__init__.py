@@ -1,6 +1,6 @@
 """ranksweep.core: one ranking-distillation trial as a plain function.
 
-Pure PyTorch + transformers + ir_datasets (+ ir_measures, bm25s, FAISS). Nothing here imports
+Pure PyTorch + transformers + ir_datasets (+ ir_measures, tantivy, FAISS). Nothing here imports
 Ray, MLflow or Optuna, so a trial runs (and is tested) alone, from a notebook or on a GPU box::
 
     from ranksweep.core import TrialConfig, run_trial
@@ -8,6 +8,9 @@ Ray, MLflow or Optuna, so a trial runs (and is tested) alone, from a notebook or
 """
 
 from .config import ConfigError, TrialConfig
-from .trial import Prepared, Trial, prepare, run_trial
+from .executor import Executor, LocalExecutor
+from .preparation import NotPrepared, Prepared, PrepareOptions, prepare
+from .trial import Trial, run_trial
 
-__all__ = ["ConfigError", "TrialConfig", "Prepared", "Trial", "prepare", "run_trial"]
+__all__ = ["ConfigError", "TrialConfig", "Executor", "LocalExecutor", "NotPrepared", "Prepared", "PrepareOptions", "Trial",
+           "prepare", "run_trial"]

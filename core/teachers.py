@@ -1,21 +1,23 @@
-"""Teacher scores: computed once per (teacher, collection, candidate component), read from disk.
+"""Teacher scores: computed once per (teacher, query set, candidate component), read from disk.
 
 A teacher scores (query, document) pairs. Kinds (registry ``TEACHERS``):
 
 - ``bi``: any HF encoder, pooled embeddings, dot or cosine (document embeddings are cached and
   shared with dense candidates of the same model);
 - ``cross``: any HF sequence-classification model with one logit;
-- ``bm25``: the BM25 score itself;
+- ``bm25``: the BM25 score itself (from the BM25 index, for exactly the pairs asked for);
 - ``file``: imported scores, gzipped JSON ``{qid: {docid: score}}`` (the format of the reference
   code of arXiv 2505.21058) or a TREC run file;
 - ``ensemble``: a weighted sum of per-query z-normalised member scores.
 
 Pairs are grouped in *components*, one per candidate list (``bm25`` = BM25 top-k plus the
-judged positives, ``dense``, ``random``), each a cached score table. A trial reads only the
-components its sampler can emit, so an imported teacher that covers BM25 pairs serves a BM25
-sampler without scoring anything else. Ensemble members are z-normalised per query with the mean
-and standard deviation of their scores over that query's ``bm25`` component, so every component
-of a query shares one scale.
+judged positives, ``dense``, ``random``), each a cached score table whose rows follow the query
+set's order. A trial reads only the components its sampler can emit. Ensemble members are
+z-normalised per query with the mean and standard deviation of their scores over that query's
+``bm25`` component, so every component of a query shares one scale.
+
+Scoring is sharded through an executor: cross-encoder pairs and bi-encoder embeddings run as GPU
+tasks when GPUs are given, BM25 pairs as CPU tasks over query ranges, a teacher file in one task.
 """
 
 from __future__ import annotations
@@ -25,18 +27,23 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
 from .config import TeacherConfig
+from .data.bm25 import bm25_pair_scores
 from .data.cache import stage
-from .data.candidates import BM25Index, EncoderSpec, doc_embeddings, query_embeddings
-from .data.collections import Collection
+from .data.candidates import EncoderSpec, doc_embeddings, query_embeddings
+from .data.collections import Corpus, QuerySet, file_stat_key
+from .data.store import Ragged
+from .data.tokens import doc_tokens, query_tokens
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .executor import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -47,57 +54,42 @@ class TeacherError(ValueError):
 
 @dataclass
 class ScoreTable:
-    """Sparse (query × document) scores in CSR form: row i holds ``doc_idx[indptr[i]:indptr[i+1]]`` sorted."""
+    """Scores of (query row × document) pairs: row i holds ``pools.row(i)`` (sorted) and their scores.
 
-    query_ids: list[str]
-    indptr: np.ndarray  # (Q+1,) int64
-    doc_idx: np.ndarray  # (nnz,) int32, sorted within each row
-    scores: np.ndarray  # (nnz,) float32, NaN = not scored
+    NaN marks a pair the teacher did not score (an imported file without it).
+    """
 
-    def __post_init__(self) -> None:
-        self.rows = {q: i for i, q in enumerate(self.query_ids)}
+    pools: Ragged  # doc indices (int32), sorted and unique within each row
+    scores: np.ndarray  # (nnz,) float32, aligned with pools.values
+    folder: Optional[Path] = None  # where it was opened from
 
-    @classmethod
-    def from_pools(cls, query_ids: list[str], pools: Sequence[np.ndarray], scores: Sequence[np.ndarray]) -> "ScoreTable":
-        indptr = np.zeros(len(pools) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in pools], out=indptr[1:])
-        docs = np.concatenate(pools).astype(np.int32) if pools else np.zeros(0, np.int32)
-        sc = np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
-        return cls(list(query_ids), indptr, docs, sc)
+    def __len__(self) -> int:
+        return len(self.pools)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.pools.indptr[i], self.pools.indptr[i + 1]
+        return np.asarray(self.pools.values[lo:hi]), np.asarray(self.scores[lo:hi])
+
+    def lookup(self, rows: Sequence[int], docs: np.ndarray) -> np.ndarray:
+        """Scores (B, G) of ``docs`` (B, G) for query ``rows`` (B,); NaN where the pair is absent."""
+        out = np.full(docs.shape, np.nan, dtype=np.float32)
+        for b, r in enumerate(rows):
+            d, s = self.row(int(r))
+            if not len(d):
+                continue
+            pos = np.searchsorted(d, docs[b])
+            pos_c = np.minimum(pos, len(d) - 1)
+            hit = (pos < len(d)) & (d[pos_c] == docs[b])
+            out[b, hit] = s[pos_c[hit]]
+        return out
 
     def save(self, folder: Path) -> None:
-        (folder / "query_ids.json").write_text(json.dumps(self.query_ids))
-        np.save(folder / "indptr.npy", self.indptr)
-        np.save(folder / "doc_idx.npy", self.doc_idx)
-        np.save(folder / "scores.npy", self.scores)
+        self.pools.save(folder, "pools")
+        np.save(folder / "scores.npy", np.asarray(self.scores, dtype=np.float32))
 
     @classmethod
     def load(cls, folder: Path) -> "ScoreTable":
-        return cls(
-            json.loads((folder / "query_ids.json").read_text()),
-            np.load(folder / "indptr.npy"),
-            np.load(folder / "doc_idx.npy", mmap_mode="r"),
-            np.load(folder / "scores.npy", mmap_mode="r"),
-        )
-
-    def row(self, qid: str) -> tuple[np.ndarray, np.ndarray]:
-        i = self.rows[qid]
-        lo, hi = self.indptr[i], self.indptr[i + 1]
-        return np.asarray(self.doc_idx[lo:hi]), np.asarray(self.scores[lo:hi])
-
-    def lookup(self, qids: Sequence[str], docs: np.ndarray) -> np.ndarray:
-        """Scores (B, G) of ``docs`` (B, G) for ``qids`` (B,); NaN where the pair is absent."""
-        out = np.full(docs.shape, np.nan, dtype=np.float32)
-        for b, q in enumerate(qids):
-            i = self.rows.get(q)
-            if i is None:
-                continue
-            d, s = self.row(q)
-            pos = np.searchsorted(d, docs[b])
-            pos_c = np.minimum(pos, len(d) - 1)
-            hit = (pos < len(d)) & (d[pos_c] == docs[b]) if len(d) else np.zeros(docs.shape[1], bool)
-            out[b, hit] = s[pos_c[hit]]
-        return out
+        return cls(Ragged.load(folder, "pools"), np.load(folder / "scores.npy", mmap_mode="r"), Path(folder))
 
 
 class TeacherScores:
@@ -106,23 +98,22 @@ class TeacherScores:
     def __init__(self, tables: dict[str, ScoreTable]) -> None:
         self.tables = tables
 
-    def lookup(self, qids: Sequence[str], docs: np.ndarray) -> np.ndarray:
+    def lookup(self, rows: Sequence[int], docs: np.ndarray) -> np.ndarray:
         out = np.full(docs.shape, np.nan, dtype=np.float32)
         for t in self.tables.values():
             missing = np.isnan(out)
             if not missing.any():
                 break
-            found = t.lookup(qids, docs)
+            found = t.lookup(rows, docs)
             out[missing] = found[missing]
         return out
 
-    def scored(self, qid: str) -> np.ndarray:
-        """Sorted unique documents with a (non-NaN) score for ``qid``."""
+    def scored(self, row: int) -> np.ndarray:
+        """Sorted unique documents with a (non-NaN) score for query ``row``."""
         parts = []
         for t in self.tables.values():
-            if qid in t.rows:
-                d, s = t.row(qid)
-                parts.append(d[~np.isnan(s)])
+            d, s = t.row(row)
+            parts.append(d[~np.isnan(s)])
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int32)
 
 
@@ -133,46 +124,139 @@ class TeacherScores:
 
 @dataclass
 class ScoringContext:
+    """Where and how teachers score: the cache, the executor and the resources of its tasks."""
+
     root: Path
-    device: torch.device
     max_query_length: int
     max_doc_length: int
     batch_tokens: int = 16384
+    executor: Optional["Executor"] = None
+    cpus: int = 1
+    gpus: float = 0
+    shard_pairs: int = 2_000_000
+    shard_docs: int = 500_000
+    shard_queries: int = 50_000
+    device: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            from .executor import LOCAL
+
+            self.executor = LOCAL
 
 
-def _bi_scores(t: TeacherConfig, ctx: ScoringContext, col: Collection, qids: list[str], pools: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _row_shards(pools: Ragged, pairs_per_shard: int) -> list[tuple[int, int]]:
+    """Row ranges holding about ``pairs_per_shard`` pairs each."""
+    ends = np.asarray(pools.indptr[1:])
+    cuts, start, n = [], 0, len(pools)
+    while start < n:
+        target = int(pools.indptr[start]) + max(1, pairs_per_shard)
+        stop = max(start + 1, int(np.searchsorted(ends, target, side="right")))
+        stop = min(stop, n)
+        cuts.append((start, stop))
+        start = stop
+    return cuts or [(0, 0)]
+
+
+@dataclass(frozen=True)
+class BiPairShard:
+    doc_emb: str
+    query_emb: str
+    pools: str
+    start: int
+    stop: int
+    out: str
+
+
+def bi_pair_shard(job: BiPairShard) -> int:
+    emb = np.load(job.doc_emb, mmap_mode="r")
+    q = np.load(job.query_emb, mmap_mode="r")
+    pools = Ragged.load(Path(job.pools), "pools")
+    out = [(np.asarray(emb[pools.row(i)], dtype=np.float32) @ np.asarray(q[i], dtype=np.float32)).astype(np.float32)
+           for i in range(job.start, job.stop)]
+    np.save(f"{job.out}.npy", np.concatenate(out) if out else np.zeros(0, np.float32))
+    return job.stop - job.start
+
+
+def _bi_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
     spec = EncoderSpec(t.model, t.pooling, t.similarity, ctx.max_doc_length, ctx.max_query_length)
-    emb = doc_embeddings(ctx.root, col.corpus, spec, ctx.device, ctx.batch_tokens)
-    q = query_embeddings(ctx.root, [col.queries[x] for x in qids], spec, ctx.device, ctx.batch_tokens)
-    return [(np.asarray(emb[p], dtype=np.float32) @ q[i]).astype(np.float32) for i, p in enumerate(pools)]
+    emb = doc_embeddings(ctx.root, corpus, spec, ctx.executor, ctx.gpus, ctx.cpus, ctx.shard_docs, ctx.batch_tokens)
+    q = query_embeddings(ctx.root, queries, spec, ctx.executor, ctx.gpus, ctx.cpus, batch_tokens=ctx.batch_tokens)
+    pools.save(work, "pools")
+    jobs = [BiPairShard(str(emb.filename), str(q.filename), str(work), a, b, str(work / f"bi-{i:05d}"))
+            for i, (a, b) in enumerate(_row_shards(pools, ctx.shard_pairs))]
+    ctx.executor.map(bi_pair_shard, jobs, cpus=1, label=f"bi teacher pairs ({len(jobs)} shards)")
+    return _collect(jobs, work)
 
 
-def _cross_scores(t: TeacherConfig, ctx: ScoringContext, col: Collection, qids: list[str], pools: Sequence[np.ndarray]) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class CrossPairShard:
+    model: str
+    docs: str  # doc TokenStore folder
+    queries: str  # query TokenStore folder
+    pools: str
+    start: int
+    stop: int
+    batch_tokens: int
+    out: str
+    device: str = "auto"
+
+
+def cross_pair_shard(job: CrossPairShard) -> int:
+    import torch
+
     from .data.batching import SpecialTokens, pair_chunks
-    from .data.tokens import doc_tokens, query_tokens
-    from .models import SequenceClassifier, autocast, load_tokenizer, run_chunks
+    from .data.tokens import TokenStore
+    from .models import SequenceClassifier, autocast, load_tokenizer, resolve_device, run_chunks
 
-    tok = load_tokenizer(t.model)
-    docs = doc_tokens(ctx.root, col.corpus, tok, ctx.max_doc_length)
-    queries = query_tokens(ctx.root, [col.queries[x] for x in qids], tok, ctx.max_query_length)
-    model = SequenceClassifier(t.model).to(ctx.device).eval()
+    device = resolve_device(job.device)
+    tok = load_tokenizer(job.model)
+    docs, queries = TokenStore.load(Path(job.docs)), TokenStore.load(Path(job.queries))
+    pools = Ragged.load(Path(job.pools), "pools")
+    model = SequenceClassifier(job.model).to(device).eval()
     special = SpecialTokens.of(tok)
-    q_of = np.repeat(np.arange(len(pools)), [len(p) for p in pools])
-    d_all = np.concatenate(pools) if pools else np.zeros(0, np.int64)
+    lo, hi = int(pools.indptr[job.start]), int(pools.indptr[job.stop])
+    q_of = np.repeat(np.arange(job.start, job.stop), pools.lengths()[job.start : job.stop])
+    d_all = np.asarray(pools.values[lo:hi], dtype=np.int64)
     flat = np.zeros(len(d_all), dtype=np.float32)
     step = 1 << 16
-    with torch.inference_mode(), autocast(ctx.device):
+    with torch.inference_mode(), autocast(device):
         for s in range(0, len(d_all), step):
-            qs = [queries.get(i) for i in q_of[s : s + step]]
+            qs = [queries.get(int(i)) for i in q_of[s : s + step]]
             ds = [docs.get(int(d)) for d in d_all[s : s + step]]
-            chunks = pair_chunks(qs, ds, special, ctx.batch_tokens)
-            flat[s : s + len(qs)] = run_chunks(model.forward_pairs, chunks, len(qs), ctx.device)[:, 0].float().cpu().numpy()
-    return np.split(flat, np.cumsum([len(p) for p in pools])[:-1]) if pools else []
+            chunks = pair_chunks(qs, ds, special, job.batch_tokens)
+            flat[s : s + len(qs)] = run_chunks(model.forward_pairs, chunks, len(qs), device)[:, 0].float().cpu().numpy()
+    np.save(f"{job.out}.npy", flat)
+    return job.stop - job.start
 
 
-def _bm25_scores(t: TeacherConfig, ctx: ScoringContext, col: Collection, qids: list[str], pools: Sequence[np.ndarray]) -> list[np.ndarray]:
-    index = BM25Index(ctx.root, col.corpus)
-    return [index.pair_scores(col.queries[q], p) for q, p in zip(qids, pools)]
+def _cross_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
+    from .models import load_tokenizer, resolve_model
+
+    tok = load_tokenizer(t.model)
+    docs = doc_tokens(ctx.root, corpus, t.model, tok, ctx.max_doc_length, ctx.executor)
+    qtok = query_tokens(ctx.root, queries, t.model, tok, ctx.max_query_length, ctx.executor)
+    pools.save(work, "pools")
+    jobs = [CrossPairShard(resolve_model(t.model), str(docs.folder), str(qtok.folder), str(work), a, b, ctx.batch_tokens,
+                           str(work / f"cross-{i:05d}"), ctx.device)
+            for i, (a, b) in enumerate(_row_shards(pools, ctx.shard_pairs))]
+    ctx.executor.map(cross_pair_shard, jobs, cpus=ctx.cpus, gpus=ctx.gpus, label=f"cross teacher pairs ({len(jobs)} shards)")
+    return _collect(jobs, work)
+
+
+def _collect(jobs, work: Path) -> np.ndarray:
+    out = np.concatenate([np.load(f"{j.out}.npy") for j in jobs]) if jobs else np.zeros(0, np.float32)
+    for j in jobs:
+        Path(f"{j.out}.npy").unlink()
+    for name in ("pools.indptr.npy", "pools.values.npy"):
+        if (work / name).exists():
+            (work / name).unlink()
+    return out.astype(np.float32)
+
+
+def _bm25_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
+    return bm25_pair_scores(ctx.root, corpus, queries, pools, work, ctx.executor, ctx.cpus, ctx.shard_queries)
 
 
 def read_teacher_file(path: str | Path, fmt: str = "auto") -> dict[str, dict[str, float]]:
@@ -205,14 +289,39 @@ def read_teacher_file(path: str | Path, fmt: str = "auto") -> dict[str, dict[str
         return out
 
 
-def _file_scores(t: TeacherConfig, ctx: ScoringContext, col: Collection, qids: list[str], pools: Sequence[np.ndarray]) -> list[np.ndarray]:
-    table = read_teacher_file(t.path, t.format)
-    ids = col.corpus.doc_ids
-    out = []
-    for q, p in zip(qids, pools):
-        row = table.get(q, {})
-        out.append(np.array([row.get(ids[d], np.nan) for d in p], dtype=np.float32))
-    return out
+@dataclass(frozen=True)
+class FileJob:
+    path: str
+    format: str
+    corpus: str  # corpus TextStore folder
+    queries: str  # query TextStore folder
+    pools: str
+    out: str
+
+
+def file_job(job: FileJob) -> int:
+    from .data.store import TextStore
+
+    table = read_teacher_file(job.path, job.format)
+    docs, queries = TextStore.load(Path(job.corpus)), TextStore.load(Path(job.queries))
+    pools = Ragged.load(Path(job.pools), "pools")
+    out = np.full(len(pools.values), np.nan, dtype=np.float32)
+    for i in range(len(pools)):
+        row = table.get(queries.id(i))
+        if not row:
+            continue
+        lo, hi = int(pools.indptr[i]), int(pools.indptr[i + 1])
+        out[lo:hi] = [row.get(d, np.nan) for d in docs.ids_of(pools.values[lo:hi])]
+    np.save(f"{job.out}.npy", out)
+    return len(pools)
+
+
+def _file_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
+    store = corpus.store(ctx.root, ctx.executor)
+    pools.save(work, "pools")
+    job = FileJob(str(Path(t.path).resolve()), t.format, str(store.folder), str(queries.store.folder), str(work), str(work / "file"))
+    ctx.executor.map(file_job, [job], cpus=1, label="teacher file")
+    return _collect([job], work)
 
 
 TEACHERS: Registry = Registry("teacher kind")
@@ -222,83 +331,99 @@ TEACHERS.register("bm25", _bm25_scores)
 TEACHERS.register("file", _file_scores)
 
 
-def _file_digest(path: str) -> str:
+def file_digest(path: str, root: Optional[Path] = None) -> str:
+    """Content hash of a file, memoised by its stat in the cache (large teacher files are hashed once)."""
+    from .data.cache import cache_root
+
+    p = Path(path)
+    memo = (root or cache_root()) / "fingerprints" / f"file-{file_stat_key(p)}.txt"
+    if memo.exists():
+        return memo.read_text().strip()
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with p.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:20]
+    digest = h.hexdigest()[:20]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(digest)
+    return digest
 
 
-def _teacher_key(t: TeacherConfig) -> dict:
-    d = {"kind": t.kind}
+def teacher_key(t: TeacherConfig, root: Optional[Path] = None) -> dict:
+    """What determines a teacher's scores (an ensemble: its members and weights)."""
+    if t.kind == "ensemble":
+        return {"kind": "ensemble", "members": [{**teacher_key(m, root), "weight": m.weight} for m in t.members]}
+    d: dict = {"kind": t.kind}
     if t.kind in ("bi", "cross"):
         d["model"] = t.model
     if t.kind == "bi":
         d.update(pooling=t.pooling, similarity=t.similarity)
     if t.kind == "file":
-        d.update(file=_file_digest(t.path), format=t.format)
+        d.update(file=file_digest(t.path, root), format=t.format)
     return d
 
 
-def _pools_hash(qids: list[str], pools: Sequence[np.ndarray]) -> str:
-    h = hashlib.sha256(json.dumps(qids).encode())
-    for p in pools:
-        h.update(np.asarray(p, dtype=np.int64).tobytes())
-        h.update(b"|")
+def ragged_hash(pools: Ragged) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(pools.indptr, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(pools.values, dtype=np.int32).tobytes())
     return h.hexdigest()[:20]
 
 
-def raw_table(t: TeacherConfig, ctx: ScoringContext, col: Collection, qids: list[str], pools: Sequence[np.ndarray]) -> ScoreTable:
+def raw_table(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged) -> ScoreTable:
     """Raw scores of one (non-ensemble) teacher for the pools (cached stage). NaN = not scored."""
-    key = {"teacher": _teacher_key(t), "corpus": col.corpus.key, "pools": _pools_hash(qids, pools),
+    key = {"teacher": teacher_key(t, ctx.root), "corpus": corpus.key, "queries": queries.key, "pools": ragged_hash(pools),
            "max_query_length": ctx.max_query_length, "max_doc_length": ctx.max_doc_length}
-    if t.kind == "file":
+    if t.kind in ("file", "bm25"):
         key.pop("max_query_length")
         key.pop("max_doc_length")
 
     def build(tmp: Path) -> None:
-        logger.info("teacher %s: scoring %d pairs for %d queries of %s", t.kind, sum(len(p) for p in pools), len(qids), col.dataset_id)
-        scores = TEACHERS[t.kind](t, ctx, col, qids, pools)
-        ScoreTable.from_pools(qids, pools, scores).save(tmp)
+        logger.info("teacher %s: scoring %d pairs for %d queries", t.kind, len(pools.values), len(pools))
+        scores = TEACHERS[t.kind](t, ctx, corpus, queries, pools, tmp)
+        ScoreTable(pools, scores).save(tmp)
 
     return ScoreTable.load(stage(ctx.root, "teacher_raw", key, build))
 
 
-def _check_missing(t: TeacherConfig, table: ScoreTable, col: Collection, component: str) -> None:
+def _check_missing(t: TeacherConfig, table: ScoreTable, ctx: ScoringContext, corpus: Corpus, queries: QuerySet,
+                   component: str) -> None:
     if t.kind != "file" or t.on_missing == "drop":
         return
     miss = np.isnan(np.asarray(table.scores))
     if miss.any():
-        ids = col.corpus.doc_ids
-        rows = np.searchsorted(table.indptr, np.nonzero(miss)[0], side="right") - 1
-        examples = [(table.query_ids[r], ids[table.doc_idx[i]]) for r, i in zip(rows[:3], np.nonzero(miss)[0][:3])]
+        where = np.nonzero(miss)[0]
+        rows = np.searchsorted(np.asarray(table.pools.indptr), where[:3], side="right") - 1
+        store = corpus.store(ctx.root, ctx.executor)
+        examples = [(queries.store.id(int(r)), store.id(int(table.pools.values[i]))) for r, i in zip(rows, where[:3])]
         raise TeacherError(
             f"teacher file {t.path} lacks {int(miss.sum())} of {miss.size} (query, doc) pairs the '{component}' "
             f"candidates need (e.g. {examples}); score them, or set teacher.on_missing: drop to train without them"
         )
 
 
-def _zstats(table: ScoreTable) -> dict[str, tuple[float, float]]:
-    out = {}
-    for q in table.query_ids:
-        _, s = table.row(q)
-        s = s[~np.isnan(s)]
-        if len(s) == 0:
-            out[q] = (0.0, 1.0)
-        else:
-            out[q] = (float(s.mean()), float(max(s.std(), 1e-6)))
-    return out
+def row_mean_std(pools: Ragged, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row mean and (population) standard deviation of the non-NaN scores; (0, 1) for an empty row."""
+    s = np.asarray(scores, dtype=np.float64)
+    ok = ~np.isnan(s)
+    rows = np.repeat(np.arange(len(pools)), pools.lengths())
+    n = np.bincount(rows, weights=ok, minlength=len(pools))
+    total = np.bincount(rows, weights=np.where(ok, s, 0.0), minlength=len(pools))
+    mean = np.divide(total, n, out=np.zeros(len(pools)), where=n > 0)
+    dev = np.where(ok, s - mean[rows], 0.0)
+    var = np.divide(np.bincount(rows, weights=dev * dev, minlength=len(pools)), n, out=np.ones(len(pools)), where=n > 0)
+    return mean, np.maximum(np.sqrt(var), 1e-6)
 
 
 def teacher_scores(
     t: TeacherConfig,
     ctx: ScoringContext,
-    col: Collection,
-    qids: list[str],
-    components: dict[str, Sequence[np.ndarray]],
+    corpus: Corpus,
+    queries: QuerySet,
+    components: dict[str, Ragged],
 ) -> TeacherScores:
     """The teacher's scores for every component (``bm25`` must be among them: it is the reference set).
+
+    Each component is a ``Ragged`` of document indices per query row of ``queries``.
 
     Raises:
         TeacherError: an imported file lacks pairs and ``on_missing`` is ``error``.
@@ -306,64 +431,49 @@ def teacher_scores(
     if "bm25" not in components:
         raise ValueError("teacher_scores: the 'bm25' component is required (z-normalisation reference)")
     # score tables look documents up by binary search: every pool is stored sorted and unique
-    components = {name: [np.unique(np.asarray(p, dtype=np.int64)) for p in pools] for name, pools in components.items()}
+    components = {name: Ragged.from_rows([np.unique(np.asarray(r, dtype=np.int64)) for r in pools.rows()])
+                  for name, pools in components.items()}
     if t.kind != "ensemble":
         tables = {}
         for name, pools in components.items():
-            tables[name] = raw_table(t, ctx, col, qids, pools)
-            _check_missing(t, tables[name], col, name)
+            tables[name] = raw_table(t, ctx, corpus, queries, pools)
+            _check_missing(t, tables[name], ctx, corpus, queries, name)
         return TeacherScores(tables)
 
     members = list(t.members)
-    key_members = [{**_teacher_key(m), "weight": m.weight} for m in members]
-    tables = {}
-    ref = [raw_table(m, ctx, col, qids, components["bm25"]) for m in members]
+    ref = [raw_table(m, ctx, corpus, queries, components["bm25"]) for m in members]
     for m, r in zip(members, ref):
-        _check_missing(m, r, col, "bm25")
-    stats = [_zstats(r) for r in ref]
+        _check_missing(m, r, ctx, corpus, queries, "bm25")
+    stats = [row_mean_std(r.pools, r.scores) for r in ref]
+    tables = {}
     for name, pools in components.items():
-        raws = ref if name == "bm25" else [raw_table(m, ctx, col, qids, pools) for m in members]
+        raws = ref if name == "bm25" else [raw_table(m, ctx, corpus, queries, pools) for m in members]
         for m, r in zip(members, raws):
-            _check_missing(m, r, col, name)
-        key = {"ensemble": key_members, "corpus": col.corpus.key, "pools": _pools_hash(qids, pools),
-               "ref": _pools_hash(qids, components["bm25"]), "max_query_length": ctx.max_query_length,
+            _check_missing(m, r, ctx, corpus, queries, name)
+        key = {"ensemble": teacher_key(t, ctx.root), "corpus": corpus.key, "queries": queries.key, "pools": ragged_hash(pools),
+               "ref": ragged_hash(components["bm25"]), "max_query_length": ctx.max_query_length,
                "max_doc_length": ctx.max_doc_length}
 
         def build(tmp: Path, raws=raws, pools=pools) -> None:
-            scores = []
-            for i, q in enumerate(qids):
-                total = np.zeros(len(pools[i]), dtype=np.float64)
-                for m, r, st in zip(members, raws, stats):
-                    _, s = r.row(q)
-                    mu, sd = st[q]
-                    total += m.weight * (s.astype(np.float64) - mu) / sd
-                scores.append(total.astype(np.float32))
-            ScoreTable.from_pools(qids, pools, scores).save(tmp)
+            rows = np.repeat(np.arange(len(pools)), pools.lengths())
+            total = np.zeros(len(pools.values), dtype=np.float64)
+            for m, r, (mu, sd) in zip(members, raws, stats):
+                total += m.weight * (np.asarray(r.scores, dtype=np.float64) - mu[rows]) / sd[rows]
+            ScoreTable(pools, total.astype(np.float32)).save(tmp)
 
         tables[name] = ScoreTable.load(stage(ctx.root, "teacher_ensemble", key, build))
     return TeacherScores(tables)
 
 
-def rerank_run(scores: TeacherScores, col: Collection, qids: list[str], pools: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """A run ranking each query's pool by the teacher (pairs without a score are left out)."""
-    ids = col.corpus.doc_ids
+def rerank_run(scores: TeacherScores, docs, rows: np.ndarray, qids: list[str], pools: Sequence[np.ndarray]) -> dict[str, dict[str, float]]:
+    """A run ranking each query's pool by the teacher (pairs without a score are left out).
+
+    ``docs`` is the corpus ``TextStore`` (for document ids); ``qids[j]`` names query row ``rows[j]``
+    whose pool is ``pools[j]``.
+    """
     run = {}
-    for q in qids:
-        p = pools[q]
-        s = scores.lookup([q], p[None, :])[0]
-        run[q] = {ids[d]: float(v) for d, v in zip(p, s) if not np.isnan(v)}
+    for q, r, p in zip(qids, rows, pools):
+        s = scores.lookup([int(r)], np.asarray(p)[None, :])[0]
+        keep = ~np.isnan(s)
+        run[q] = dict(zip(docs.ids_of(np.asarray(p)[keep]), s[keep].astype(float).tolist()))
     return run
-
-
-def teacher_name(t: TeacherConfig) -> str:
-    if t.kind == "ensemble":
-        return "+".join(teacher_name(m) for m in t.members)
-    if t.kind in ("bi", "cross"):
-        return f"{t.kind}:{Path(t.model).name if t.model else '?'}"
-    if t.kind == "file":
-        return f"file:{Path(t.path).name}"
-    return t.kind
-
-
-def teacher_optional(t: TeacherConfig) -> Optional[TeacherConfig]:
-    return None if t.kind == "none" else t

@@ -1,10 +1,11 @@
-"""One distillation trial end to end: prepare the shared data, train the student, evaluate.
+"""One distillation trial end to end: train the student on prepared data, evaluate.
 
 Data flows one way: collection → candidates → sampler → teacher scores → batches → student →
-loss → metrics. ``prepare`` builds (or loads from the cache) everything trials share;
-``Trial`` trains one student on it; ``run_trial`` is the plain-function entry point that the
-sweeper wraps. Side effects stay at the edges: metrics go to the ``report`` hook and, when an
-output directory is configured, to files written by the writers in ``metrics``.
+loss → metrics. ``prepare`` (``prepare.py``) builds everything trials share; ``Trial`` opens it
+and trains one student; ``run_trial`` is the plain-function entry point that the sweeper wraps.
+Queries are rows of the prepared query set throughout. Side effects stay at the edges: metrics
+go to the ``report`` hook and, when an output directory is configured, to files written by the
+writers in ``metrics``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,15 +24,14 @@ import yaml
 
 from .config import TrialConfig
 from .data.batching import SpecialTokens, pair_chunks
-from .data.cache import cache_root
-from .data.candidates import Candidates, EncoderSpec, bm25_candidates, dense_candidates, faiss_search
-from .data.collections import Collection, Split, load_collection, sample_queries, split_train_dev
-from .data.samplers import SAMPLERS, Sampler, SamplingPools, mix_negatives, random_pools
-from .data.tokens import TokenStore, doc_tokens, query_tokens
+from .data.candidates import faiss_search
+from .data.samplers import SAMPLERS, Sampler, mix_negatives
+from .data.tokens import TokenStore
 from .losses import WeightedLoss
 from .metrics import diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy, summarize, write_per_query, write_trec_run
 from .models import autocast, build_student, load_tokenizer, resolve_device, run_chunks
-from .teachers import ScoringContext, TeacherError, TeacherScores, rerank_run, teacher_scores
+from .preparation import EvalSet, Prepared, prepare
+from .teachers import TeacherError
 
 logger = logging.getLogger(__name__)
 
@@ -44,165 +43,6 @@ def _no_report(metrics: dict[str, float], step_docs: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared preparation
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalSet:
-    """An evaluation collection with its BM25 re-ranking pools."""
-
-    name: str
-    collection: Collection
-    query_ids: list[str]
-    bm25: Candidates
-    teacher: Optional[TeacherScores] = None
-
-    def pools(self, depth: int) -> dict[str, np.ndarray]:
-        return {q: self.bm25.ranked(q)[:depth] for q in self.query_ids}
-
-
-@dataclass
-class Prepared:
-    """Everything trials of one data configuration share (all of it cached on disk)."""
-
-    root: Path
-    train: Collection
-    split: Split
-    bm25: Candidates
-    dense: Optional[Candidates]
-    pools: SamplingPools
-    teacher: Optional[TeacherScores]
-    dev: EvalSet
-    evals: list[EvalSet]
-    reference_metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _components(samplers: Iterable[str], negatives_mix: bool) -> set[str]:
-    comps = {"bm25"}
-    for s in samplers:
-        comps |= set(SAMPLERS[s].components)
-    if negatives_mix:
-        comps.add("random")
-    return comps
-
-
-def prepare(
-    cfg: TrialConfig,
-    samplers: Optional[Iterable[str]] = None,
-    negatives_mix: Optional[bool] = None,
-    device: Optional[torch.device] = None,
-) -> Prepared:
-    """Build or load the shared data of ``cfg``: splits, candidates, pools, teacher scores, eval pools.
-
-    ``samplers``/``negatives_mix`` widen what is prepared beyond ``cfg`` (a sweep passes every
-    sampler of its space so that one preparation serves all trials).
-    """
-    root = cache_root(cfg.data.cache_dir)
-    device = device or resolve_device(cfg.device)
-    d = cfg.data
-    samplers = set(samplers or ()) | {cfg.sampler.name}
-    mix = bool(cfg.augment.negatives_mix > 0) if negatives_mix is None else negatives_mix
-    comps = _components(samplers, mix)
-    if "dense" in comps and cfg.candidates.dense_depth <= 0:
-        raise ValueError(f"samplers {sorted(samplers)} need dense candidates but candidates.dense_depth is 0")
-
-    train = load_collection(d.train)
-    split = split_train_dev(train, d.dev_fraction, d.split_seed)
-    all_q = split.train + split.dev
-    texts = [train.queries[q] for q in all_q]
-    bm25 = bm25_candidates(root, train.corpus, all_q, texts, cfg.candidates.bm25_depth)
-    dense = None
-    spec = EncoderSpec(cfg.candidates.dense_model, "mean", "cos", d.max_doc_length, d.max_query_length)
-    if "dense" in comps:
-        dense = dense_candidates(root, train.corpus, split.train, [train.queries[q] for q in split.train],
-                                 cfg.candidates.dense_depth, spec, device)
-
-    doc_index = train.corpus.doc_index
-    positives, relevant = {}, {}
-    for q in all_q:
-        rel = [doc_index[x] for x, r in train.qrels.get(q, {}).items() if r > 0 and x in doc_index]
-        positives[q] = np.array(sorted(rel), dtype=np.int64)
-        relevant[q] = set(rel)
-    rand = random_pools(split.train, relevant, train.corpus.count, cfg.candidates.random_pool, cfg.candidates.seed)
-    pools = SamplingPools(
-        positives={q: positives[q] for q in split.train},
-        bm25={q: bm25.ranked(q).astype(np.int64) for q in split.train},
-        random=rand,
-        dense={q: dense.ranked(q).astype(np.int64) for q in split.train} if dense is not None else None,
-        relevant={q: relevant[q] for q in split.train},
-    )
-    dev = EvalSet("dev", train.subset(split.dev), split.dev, bm25)
-
-    teacher = None
-    ctx = ScoringContext(root, device, d.max_query_length, d.max_doc_length, cfg.eval.batch_tokens)
-    if cfg.teacher.kind != "none":
-        empty = np.zeros(0, dtype=np.int64)
-        components: dict[str, list[np.ndarray]] = {
-            "bm25": [np.union1d(bm25.ranked(q), positives[q]) for q in all_q]
-        }
-        if "dense" in comps:
-            components["dense"] = [np.unique(pools.dense[q]) if q in pools.dense else empty for q in all_q]
-        if "random" in comps:
-            components["random"] = [rand[q] if q in rand else empty for q in all_q]
-        teacher = teacher_scores(cfg.teacher, ctx, train, all_q, components)
-        pools = _restrict_to_scored(pools, teacher, comps)
-        dev.teacher = teacher
-
-    evals = []
-    for did in d.eval:
-        col = load_collection(did)
-        qids = sample_queries(col.judged_queries(), d.eval_max_queries, seed=d.split_seed)
-        cand = bm25_candidates(root, col.corpus, qids, [col.queries[q] for q in qids], cfg.eval.depth)
-        es = EvalSet(col.name, col.subset(qids), qids, cand)
-        if cfg.teacher.kind != "none":
-            es.teacher = teacher_scores(cfg.teacher, ctx, col, qids, {"bm25": [cand.ranked(q) for q in qids]})
-        evals.append(es)
-
-    prepared = Prepared(root, train, split, bm25, dense, pools, teacher, dev, evals)
-    prepared.reference_metrics = _reference_metrics(cfg, prepared)
-    return prepared
-
-
-def _restrict_to_scored(pools: SamplingPools, teacher: TeacherScores, comps: set[str]) -> SamplingPools:
-    """Drop documents without a teacher score (an imported teacher with ``on_missing: drop``)."""
-    keep_pos, keep_bm25, keep_dense, keep_rand, dropped = {}, {}, {}, {}, 0
-    for q in pools.positives:
-        scored = teacher.scored(q)
-        ok = lambda a: a[np.isin(a, scored)]  # noqa: E731
-        pos = ok(pools.positives[q])
-        if len(pos) == 0:
-            dropped += 1
-            continue
-        keep_pos[q] = pos
-        keep_bm25[q] = ok(pools.bm25[q])
-        if pools.dense is not None:
-            keep_dense[q] = ok(pools.dense[q]) if "dense" in comps else pools.dense[q]
-        keep_rand[q] = ok(pools.random[q]) if "random" in comps else pools.random[q]
-    if dropped:
-        logger.warning("%d training queries dropped: the teacher scores none of their positives", dropped)
-    if not keep_pos:
-        raise TeacherError("no training query has a teacher-scored positive; check the teacher file's query ids")
-    return SamplingPools(keep_pos, keep_bm25, keep_rand, keep_dense if pools.dense is not None else None,
-                         {q: pools.relevant[q] for q in keep_pos})
-
-
-def _reference_metrics(cfg: TrialConfig, p: Prepared) -> dict[str, float]:
-    """BM25 and teacher effectiveness on dev and every eval set (re-ranking the same pools)."""
-    out: dict[str, float] = {}
-    sel = cfg.eval.selection
-    for es, depth, measures in [(p.dev, cfg.eval.dev_depth, (sel,))] + [(e, cfg.eval.depth, cfg.eval.measures) for e in p.evals]:
-        pools = es.pools(depth)
-        bm25_run = {q: {es.collection.corpus.doc_ids[dd]: float(-r) for r, dd in enumerate(pools[q])} for q in es.query_ids}
-        agg, _ = evaluate(bm25_run, es.collection.qrels, measures)
-        out.update({f"bm25/{es.name}/{m}": v for m, v in agg.items()})
-        if es.teacher is not None:
-            agg, _ = evaluate(rerank_run(es.teacher, es.collection, es.query_ids, pools), es.collection.qrels, measures)
-            out.update({f"teacher/{es.name}/{m}": v for m, v in agg.items()})
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # The trial
 # ---------------------------------------------------------------------------------------------
 
@@ -210,27 +50,33 @@ def _reference_metrics(cfg: TrialConfig, p: Prepared) -> dict[str, float]:
 class Trial:
     """Trains one student on prepared data; ``train_until``/``evaluate`` are the sweeper's verbs."""
 
-    def __init__(self, cfg: TrialConfig, prepared: Optional[Prepared] = None, report: Optional[Report] = None) -> None:
+    def __init__(self, cfg: TrialConfig, prepared: Prepared | str | Path | None = None, report: Optional[Report] = None) -> None:
+        """``prepared``: the shared data (or its folder); ``None`` prepares it here, in this process.
+
+        A sweep passes the folder its driver prepared: the trial then only opens memory maps and
+        raises ``NotPrepared`` if something it needs is missing; it never builds shared data.
+        """
         self.cfg = cfg
         self.report = report or _no_report
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.device = resolve_device(cfg.device)
-        self.p = prepared or prepare(cfg, device=self.device)
+        if prepared is None:
+            prepared = prepare(cfg)
+        self.p = prepared if isinstance(prepared, Prepared) else Prepared.open(prepared)
+        self.p.check(cfg)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.student.model)
         self.special = SpecialTokens.of(self.tokenizer)
         d = cfg.data
-        self.docs = doc_tokens(self.p.root, self.p.train.corpus, self.tokenizer, d.max_doc_length)
-        qids = self.p.split.train + self.p.split.dev
-        self.qrow = {q: i for i, q in enumerate(qids)}
-        self.queries = query_tokens(self.p.root, [self.p.train.queries[q] for q in qids], self.tokenizer, d.max_query_length)
+        self.docs = self.p.doc_tokens(self.tokenizer, self.p.corpus_key, d.max_doc_length)
+        self.queries = self.p.query_tokens(self.tokenizer, "train", d.max_query_length)
         self.model = build_student(cfg.student, cfg.seed).to(self.device)
         self.losses = [WeightedLoss(t.name, t.weight, t.params) for t in cfg.loss]
-        self.sampler: Sampler = SAMPLERS[cfg.sampler.name](cfg.sampler, self.p.pools, self.p.teacher)
-        self.train_qids = self._training_queries()
-        self.probe_qids, self.probe_groups = self._probe()
+        self.sampler: Sampler = SAMPLERS[cfg.sampler.name](cfg.sampler, self.p.pools)
+        self.train_rows = self._training_rows()
+        self.probe_rows, self.probe_groups = self._probe()
         o = cfg.optim
         self.docs_per_step = o.batch_size * cfg.group_size * o.grad_accum
         self.total_steps = math.ceil(cfg.budget_docs / self.docs_per_step)
@@ -247,7 +93,7 @@ class Trial:
         self.docs_seen = 0
         self.steps = 0
         self.epoch = 0
-        self.order: list[str] = []
+        self.order = np.zeros(0, dtype=np.int64)
         self.cursor = 0
         self.train_time = 0.0
         self.loss_sums: dict[str, float] = {}
@@ -262,64 +108,66 @@ class Trial:
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     # -- data ------------------------------------------------------------------------------
-    def _training_queries(self) -> list[str]:
-        qids = [q for q in self.p.split.train if q in self.p.pools.positives]
+    def _training_rows(self) -> np.ndarray:
+        rows = self.p.train_rows
         band = self.cfg.augment.entropy_band
         if band is None:
-            return qids
+            return rows
         # Entropy of each query's reference group: the group this sampler emits with a fixed
         # seed, scored by the teacher at the trial's temperature (what the loss would see).
         rng = np.random.default_rng(0)
-        groups = self.sampler.sample(qids, self.cfg.group_size, rng)
-        t = torch.from_numpy(self.p.teacher.lookup(qids, groups))
+        groups = self.sampler.sample(rows, self.cfg.group_size, rng)
+        t = torch.from_numpy(self.p.teacher.lookup(rows, groups))
         fn = listwise_entropy if self.cfg.augment.entropy_kind == "listwise" else pairwise_entropy
         h = fn(t, self.cfg.temperature).double().numpy()
         # empirical CDF position of each query (ties share the mean rank), in [0, 1]
         ranks = _average_ranks(h)
         q = (ranks - 1) / max(len(h) - 1, 1)
         lo, hi = band
-        kept = [x for x, qq in zip(qids, q) if lo - 1e-12 <= qq <= hi + 1e-12]
-        logger.info("entropy band %s keeps %d of %d training queries", band, len(kept), len(qids))
-        if not kept:
+        kept = rows[(q >= lo - 1e-12) & (q <= hi + 1e-12)]
+        logger.info("entropy band %s keeps %d of %d training queries", band, len(kept), len(rows))
+        if not len(kept):
             raise ValueError(f"augment.entropy_band {list(band)} keeps no training query")
         return kept
 
-    def _probe(self) -> tuple[list[str], np.ndarray]:
+    def _probe(self) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(self.cfg.data.split_seed + 7919)
-        base = [q for q in self.p.split.train if q in self.p.pools.positives]
+        base = self.p.train_rows
         n = min(self.cfg.eval.probe_queries, len(base))
-        qids = [base[i] for i in sorted(rng.choice(len(base), size=n, replace=False))]
-        groups = self.sampler.sample(qids, self.cfg.group_size, np.random.default_rng(0))
+        rows = base[np.sort(rng.choice(len(base), size=n, replace=False))]
+        groups = self.sampler.sample(rows, self.cfg.group_size, np.random.default_rng(0))
         if self.cfg.augment.negatives_mix > 0:
-            groups = mix_negatives(groups, self.cfg.augment.negatives_mix, self.p.pools, qids, np.random.default_rng(1))
-        return qids, groups
+            groups = mix_negatives(groups, self.cfg.augment.negatives_mix, self.p.pools, rows, np.random.default_rng(1))
+        return rows, groups
 
-    def _next_queries(self, n: int) -> list[str]:
+    def _next_rows(self, n: int) -> np.ndarray:
         out = []
-        while len(out) < n:
+        left = n
+        while left > 0:
             if self.cursor >= len(self.order):
-                self.order = [self.train_qids[i] for i in self.rng.permutation(len(self.train_qids))]
+                self.order = self.train_rows[self.rng.permutation(len(self.train_rows))]
                 self.cursor = 0
                 self.epoch += 1
-            take = self.order[self.cursor : self.cursor + n - len(out)]
+            take = self.order[self.cursor : self.cursor + left]
             self.cursor += len(take)
-            out.extend(take)
-        return out
+            left -= len(take)
+            out.append(take)
+        return np.concatenate(out)
 
-    def _teacher(self, qids: Sequence[str], groups: np.ndarray) -> Optional[torch.Tensor]:
+    def _teacher(self, rows: np.ndarray, groups: np.ndarray) -> Optional[torch.Tensor]:
         if self.p.teacher is None:
             return None
-        t = self.p.teacher.lookup(qids, groups)
+        t = self.p.teacher.lookup(rows, groups)
         if np.isnan(t).any():
             raise TeacherError(f"{int(np.isnan(t).sum())} (query, doc) pairs of a training batch have no teacher score")
         return torch.from_numpy(t)
 
     # -- student forward ---------------------------------------------------------------------
-    def _forward(self, qids: Sequence[str], groups: np.ndarray, batch_tokens: int) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def _forward(self, rows: np.ndarray, groups: np.ndarray, batch_tokens: int) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Scores (B, G), group embeddings (B, G, H) and, with in-batch negatives, scores (B, B*G)."""
         b, g = groups.shape
         flat = groups.reshape(-1)
-        q_seqs = [self.queries.get(self.qrow[q]) for q in qids]
+        q_seqs = [self.queries.get(int(r)) for r in rows]
         d_seqs = [self.docs.get(int(x)) for x in flat]
         m = self.model
         if m.kind == "bi":
@@ -336,17 +184,17 @@ class Trial:
     # -- training ----------------------------------------------------------------------------
     def _micro_step(self, n_queries: int) -> None:
         cfg = self.cfg
-        qids = self._next_queries(n_queries)
-        groups = self.sampler.sample(qids, cfg.group_size, self.rng)
+        rows = self._next_rows(n_queries)
+        groups = self.sampler.sample(rows, cfg.group_size, self.rng)
         if cfg.augment.negatives_mix > 0:
-            groups = mix_negatives(groups, cfg.augment.negatives_mix, self.p.pools, qids, self.rng)
-        teacher = self._teacher(qids, groups)
+            groups = mix_negatives(groups, cfg.augment.negatives_mix, self.p.pools, rows, self.rng)
+        teacher = self._teacher(rows, groups)
         if teacher is not None:
             self.entropies.append(listwise_entropy(teacher, cfg.temperature).numpy())
             self.pair_entropies.append(pairwise_entropy(teacher, cfg.temperature).numpy())
             teacher = teacher.to(self.device)
         with autocast(self.device):
-            scores, _, full = self._forward(qids, groups, 1 << 30)
+            scores, _, full = self._forward(rows, groups, 1 << 30)
         scores = scores.float()
         total = scores.new_zeros(())
         for term in self.losses:
@@ -356,7 +204,7 @@ class Trial:
             self.loss_sums[f"train/{term.name}"] = self.loss_sums.get(f"train/{term.name}", 0.0) + float(v.detach())
             total = total + term.weight * v
         if full is not None:
-            target = torch.arange(len(qids), device=self.device) * cfg.group_size
+            target = torch.arange(len(rows), device=self.device) * cfg.group_size
             w = cfg.augment.in_batch_weight * (sum(t.weight for t in self.losses if t.name == "lce") or 1.0)
             v = torch.nn.functional.cross_entropy(full.float(), target)
             self.loss_sums["train/in_batch_lce"] = self.loss_sums.get("train/in_batch_lce", 0.0) + float(v.detach())
@@ -370,7 +218,7 @@ class Trial:
         self.loss_sums["train/loss"] = self.loss_sums.get("train/loss", 0.0) + float(total.detach())
         self.loss_count += 1
         (total / cfg.optim.grad_accum).backward()
-        self.docs_seen += len(qids) * cfg.group_size
+        self.docs_seen += len(rows) * cfg.group_size
 
     def _opt_step(self) -> None:
         o = self.cfg.optim
@@ -399,45 +247,43 @@ class Trial:
         self.train_time += time.perf_counter() - t0
 
     # -- evaluation --------------------------------------------------------------------------
-    def _doc_store(self, col: Collection) -> TokenStore:
-        """The student's tokens of ``col``'s corpus (the training corpus is already loaded)."""
-        if col.corpus.key == self.p.train.corpus.key:
+    def _doc_store(self, es: EvalSet) -> TokenStore:
+        """The student's tokens of ``es``'s corpus (the training corpus is already open)."""
+        if es.corpus_key == self.p.corpus_key:
             return self.docs
-        return doc_tokens(self.p.root, col.corpus, self.tokenizer, self.cfg.data.max_doc_length)
+        return self.p.doc_tokens(self.tokenizer, es.corpus_key, self.cfg.data.max_doc_length)
 
-    def _query_store(self, es: EvalSet) -> TokenStore:
-        col = es.collection
-        return query_tokens(self.p.root, [col.queries[q] for q in es.query_ids], self.tokenizer, self.cfg.data.max_query_length)
+    def _query_seqs(self, es: EvalSet) -> list[np.ndarray]:
+        """The student's tokens of ``es``'s queries, in ``es.qids`` order."""
+        if es.name == "dev":
+            return [self.queries.get(int(r)) for r in es.rows]
+        qs = self.p.query_tokens(self.tokenizer, es.name, self.cfg.data.max_query_length)
+        return [qs.get(int(r)) for r in es.rows]
 
     @torch.inference_mode()
     def _rerank(self, es: EvalSet, depth: int) -> dict[str, dict[str, float]]:
-        col = es.collection
-        ids = col.corpus.doc_ids
         pools = es.pools(depth)
         bt = self.cfg.eval.batch_tokens
-        docs = self._doc_store(col)
-        if es.name == "dev":
-            q_seqs = {q: self.queries.get(self.qrow[q]) for q in es.query_ids}
-        else:
-            qs = self._query_store(es)
-            q_seqs = {q: qs.get(i) for i, q in enumerate(es.query_ids)}
+        docs = self._doc_store(es)
+        q_seqs = self._query_seqs(es)
         m = self.model
         run: dict[str, dict[str, float]] = {}
         with autocast(self.device):
             if m.kind == "bi":
-                uniq = np.unique(np.concatenate([pools[q] for q in es.query_ids]))
-                pos = {int(x): i for i, x in enumerate(uniq)}
+                uniq = np.unique(np.concatenate(pools)) if pools else np.zeros(0, np.int64)
                 d_emb = m.encode([docs.get(int(x)) for x in uniq], self.special, bt, self.device).float()
-                q_emb = m.encode([q_seqs[q] for q in es.query_ids], self.special, bt, self.device).float()
-                for i, q in enumerate(es.query_ids):
-                    rows = torch.tensor([pos[int(x)] for x in pools[q]], device=self.device)
+                q_emb = m.encode(q_seqs, self.special, bt, self.device).float()
+                for i, (q, pool) in enumerate(zip(es.qids, pools)):
+                    rows = torch.from_numpy(np.searchsorted(uniq, pool)).to(self.device)
                     s = (m.scale * d_emb[rows] @ q_emb[i]).cpu().numpy()
-                    run[q] = {ids[x]: float(v) for x, v in zip(pools[q], s)}
+                    run[q] = dict(zip(es.docs.ids_of(pool), s.astype(float).tolist()))
             else:
                 pq, pd, owner = [], [], []
-                for q in es.query_ids:
-                    for x in pools[q]:
-                        pq.append(q_seqs[q]); pd.append(docs.get(int(x))); owner.append((q, ids[x]))
+                for q, seq, pool in zip(es.qids, q_seqs, pools):
+                    for x in pool:
+                        pq.append(seq)
+                        pd.append(docs.get(int(x)))
+                    owner.extend((q, did) for did in es.docs.ids_of(pool))
                 s = m.score_pairs(pq, pd, self.special, bt, self.device)[0].cpu().numpy()
                 for (q, did), v in zip(owner, s):
                     run.setdefault(q, {})[did] = float(v)
@@ -446,10 +292,8 @@ class Trial:
     @torch.inference_mode()
     def _retrieve(self, es: EvalSet, depth: int) -> dict[str, dict[str, float]]:
         """Bi-encoder full retrieval over the collection's corpus with FAISS."""
-        col = es.collection
         bt = self.cfg.eval.batch_tokens
-        docs = self._doc_store(col)
-        qs = self._query_store(es)
+        docs = self._doc_store(es)
         m = self.model
         with autocast(self.device):
             chunks = []
@@ -457,23 +301,26 @@ class Trial:
             for s in range(0, len(docs), step):
                 chunks.append(m.encode([docs.get(i) for i in range(s, min(s + step, len(docs)))], self.special, bt, self.device).float().cpu())
             d_emb = torch.cat(chunks).numpy()
-            q_emb = m.encode([qs.get(i) for i in range(len(qs))], self.special, bt, self.device).float().cpu().numpy()
+            q_emb = m.encode(self._query_seqs(es), self.special, bt, self.device).float().cpu().numpy()
         idx, sc = faiss_search(d_emb, q_emb, depth)
-        ids = col.corpus.doc_ids
-        return {q: {ids[d]: float(m.scale * v) for d, v in zip(idx[i], sc[i]) if d >= 0} for i, q in enumerate(es.query_ids)}
+        out = {}
+        for i, q in enumerate(es.qids):
+            keep = idx[i] >= 0
+            out[q] = dict(zip(es.docs.ids_of(idx[i][keep]), (m.scale * sc[i][keep]).astype(float).tolist()))
+        return out
 
     @torch.inference_mode()
     def _probe_metrics(self) -> dict[str, float]:
         cfg = self.cfg
         with autocast(self.device):
-            scores, emb, _ = self._forward(self.probe_qids, self.probe_groups, cfg.eval.batch_tokens)
+            scores, emb, _ = self._forward(self.probe_rows, self.probe_groups, cfg.eval.batch_tokens)
         out = {}
         diam = diameter(emb.float().cpu(), cfg.eval.diameter_alpha)
         a = cfg.eval.diameter_alpha
         out["probe/diameter"] = float(diam.mean())
         out[f"probe/diameter_q{round(100 * a)}"] = float(torch.quantile(diam.double(), a))
         if self.p.teacher is not None:
-            t = torch.from_numpy(self.p.teacher.lookup(self.probe_qids, self.probe_groups))
+            t = torch.from_numpy(self.p.teacher.lookup(self.probe_rows, self.probe_groups))
             out["probe/kl"] = float(kl_divergence(t, scores.float().cpu(), cfg.temperature).mean())
             out["probe/teacher_entropy"] = float(listwise_entropy(t, cfg.temperature).mean())
         return out
@@ -495,13 +342,13 @@ class Trial:
             metrics.update(summarize(torch.from_numpy(np.concatenate(self.pair_entropies)), "train/teacher_pairwise_entropy"))
         metrics.update(self._probe_metrics())
         dev_run = self._rerank(self.p.dev, cfg.eval.dev_depth)
-        dev_agg, dev_pq = evaluate(dev_run, self.p.dev.collection.qrels, (cfg.eval.selection,))
+        dev_agg, dev_pq = evaluate(dev_run, self.p.dev.qrels, (cfg.eval.selection,))
         metrics.update({f"dev/{m}": v for m, v in dev_agg.items()})
         self._write("dev", dev_run, self._with_entropy(self.p.dev, dev_pq))
         if final or cfg.eval.collections_every_eval:
             for es in self.p.evals:
                 run = self._retrieve(es, cfg.eval.depth) if self.model.kind == "bi" else self._rerank(es, cfg.eval.depth)
-                agg, pq = evaluate(run, es.collection.qrels, cfg.eval.measures)
+                agg, pq = evaluate(run, es.qrels, cfg.eval.measures)
                 metrics.update({f"{es.name}/{m}": v for m, v in agg.items()})
                 self._write(es.name, run, self._with_entropy(es, pq))
         if final or self.docs_seen == 0:
@@ -531,9 +378,9 @@ class Trial:
         if es.name not in self._entropy:
             g = self.cfg.group_size
             out = {}
-            for q in es.query_ids:
-                pool = es.bm25.ranked(q)[:g].astype(np.int64)
-                s = es.teacher.lookup([q], pool[None, :])[0]
+            for q, r in zip(es.qids, es.rows):
+                pool = es.bm25.ranked(int(r))[:g]
+                s = es.teacher.lookup([int(r)], pool[None, :])[0]
                 s = s[~np.isnan(s)]
                 if len(s) >= 2:
                     out[q] = float(listwise_entropy(torch.from_numpy(s[None, :].astype(np.float64)), self.cfg.temperature)[0])
@@ -583,6 +430,9 @@ class Trial:
         for k, v in state["progress"].items():
             setattr(self, k, v)
         self.entropies, self.pair_entropies, self.history = state["entropies"], state["pair_entropies"], state["history"]
+        if self.out:  # a trial resumed elsewhere starts from an empty folder: its evaluations so far come with the state
+            with (self.out / "metrics.jsonl").open("w") as f:
+                f.writelines(json.dumps(m) + "\n" for m in self.history)
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -595,7 +445,7 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return sums[inv] / counts[inv]
 
 
-def run_trial(config: TrialConfig | dict, report: Optional[Report] = None, prepared: Optional[Prepared] = None) -> dict[str, float]:
+def run_trial(config: TrialConfig | dict, report: Optional[Report] = None, prepared: Prepared | str | Path | None = None) -> dict[str, float]:
     """Run one trial and return its final metrics.
 
     Args:

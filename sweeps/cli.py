@@ -20,7 +20,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("ir_datasets", "bm25s", "urllib3", "filelock", "faiss"):
+    for noisy in ("ir_datasets", "urllib3", "filelock", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -45,6 +45,15 @@ class ResourceSpec:
 
 
 @dataclass(frozen=True)
+class PrepareSpec:
+    cpus: Optional[int] = field(default=None, metadata={"help": "CPUs of a preparation task: BM25 threads (default: resources.cpu)"})
+    gpus: Optional[float] = field(default=None, metadata={"help": "GPUs of a neural preparation task (default: 1 when trials use GPUs, else 0)"})
+    shard_docs: int = field(default=500_000, metadata={"help": "documents per tokenizing / embedding / dense-search task"})
+    shard_queries: int = field(default=50_000, metadata={"help": "queries per BM25 retrieval / pair-scoring task"})
+    shard_pairs: int = field(default=2_000_000, metadata={"help": "(query, document) pairs per neural teacher task"})
+
+
+@dataclass(frozen=True)
 class TrackingSpec:
     uri: str = field(default="sqlite:///mlflow.db", metadata={"help": "MLflow tracking URI (relative sqlite paths resolve against the working directory)"})
     experiment: Optional[str] = field(default=None, metadata={"help": "MLflow experiment (default: ranksweep-<name>)"})
@@ -65,7 +74,8 @@ class SweepFields:
     resources: ResourceSpec = field(default_factory=ResourceSpec, metadata={"help": "per trial"})
     max_concurrent: Optional[int] = field(default=None, metadata={"help": "trials at once (default: as resources allow)"})
     max_pending_trials: Optional[int] = field(default=None, metadata={"help": "pending trials Ray keeps queued (raise it so the autoscaler sees demand)"})
-    storage: str = field(default="runs/ray", metadata={"help": "Ray storage path (shared storage on a cluster)"})
+    storage: str = field(default="runs/ray", metadata={"help": "Ray storage: a path (shared storage on a cluster) or a URI (s3://…)"})
+    prepare: PrepareSpec = field(default_factory=PrepareSpec, metadata={"help": "shared-data preparation tasks"})
     tracking: TrackingSpec = field(default_factory=TrackingSpec, metadata={"help": "MLflow"})
     retries: int = field(default=1, metadata={"help": "times a failing trial is retried before it is recorded as failed"})
     seed: int = field(default=0, metadata={"help": "seed of the search algorithm"})
@@ -202,6 +212,12 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
         raise SpecError(f"retries: must be >= 0, got {f.retries}")
     if f.scheduler.grace_docs is not None and f.scheduler.grace_docs <= 0:
         raise SpecError("scheduler.grace_docs: must be > 0")
+    pr = f.prepare
+    if (pr.cpus is not None and pr.cpus < 1) or (pr.gpus is not None and pr.gpus < 0):
+        raise SpecError(f"prepare: cpus must be >= 1 and gpus >= 0, got cpus={pr.cpus} gpus={pr.gpus}")
+    for name in ("shard_docs", "shard_queries", "shard_pairs"):
+        if getattr(pr, name) < 1:
+            raise SpecError(f"prepare.{name}: must be >= 1, got {getattr(pr, name)}")
     return Sweep(f, base, space, seeds, Path(source) if not isinstance(source, dict) else None, raw)
 
 

@@ -184,12 +184,20 @@ class MLflowTracking(Callback):
             self.client.log_batch(run_id, metrics=metrics)
 
     def _artifacts(self, run_id: str, trial) -> None:
-        out = (trial.last_result or {}).get("output_dir")
-        if out and Path(out).exists():
-            for f in sorted(Path(out).rglob("*")):
-                if f.is_file():
-                    rel = f.relative_to(out).parent
-                    self.client.log_artifact(run_id, str(f), artifact_path=None if str(rel) == "." else str(rel))
+        """Log the trial's output files, read from the sweep's storage (a shared path or a URI) where Ray synced them."""
+        import tempfile
+
+        import pyarrow.fs
+
+        from .trainable import OUTPUTS
+
+        fs, path = trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{OUTPUTS}"
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+            logger.warning("trial %s: no outputs at %s", trial.trial_id, trial.path)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            pyarrow.fs.copy_files(path, tmp, source_filesystem=fs)
+            self.client.log_artifacts(run_id, tmp)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.child(trial)

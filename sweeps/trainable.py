@@ -11,7 +11,14 @@ import torch
 from ranksweep.core import Trial, TrialConfig
 from ranksweep.search_spaces.space import apply
 
+from .prepare import combo_key
+
 logger = logging.getLogger(__name__)
+
+#: the trial's files (metrics, run files, per-query values) inside its Ray trial directory;
+#: Ray syncs that directory to the sweep's storage at every checkpoint, and the driver reads
+#: them from there for MLflow
+OUTPUTS = "outputs"
 
 
 def resolve_trial(base: dict, cell: dict, seed: int) -> dict:
@@ -21,33 +28,39 @@ def resolve_trial(base: dict, cell: dict, seed: int) -> dict:
     return d
 
 
-def train_trial(config: dict, *, base: dict, output_root: str, cpus: float, gpus: float) -> None:
+def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: list[str], cpus: float, gpus: float) -> None:
     """Run (or resume) one trial, reporting metrics and a checkpoint at every evaluation.
 
     ``config`` holds ``params`` (the cell: dotted keys → values) and ``seed``; everything that is
-    not searched (base trial, output root, resources) is bound with ``tune.with_parameters``.
+    not searched (base trial, the prepared data of each data configuration, resources) is bound
+    with ``tune.with_parameters``. The trial opens the folder its driver prepared and never
+    builds shared data.
     """
+    import ray
     from ray import tune
 
     cell, seed = config["params"], int(config.get("seed", 0))
-    trial_id = tune.get_context().get_trial_id()
+    ctx = tune.get_context()
     d = resolve_trial(base, cell, seed)
-    d["output_dir"] = str(Path(output_root) / trial_id)
+    d["output_dir"] = str(Path(ctx.get_trial_dir()) / OUTPUTS)
     if gpus <= 0:
         d["num_threads"] = max(1, int(cpus))
         d["device"] = "cpu"
     cfg = TrialConfig.from_dict(d)
-    trial = Trial(cfg)
+    trial = Trial(cfg, prepared[combo_key(cell, axes)])
+    restored = 0
     ckpt = tune.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as folder:
             trial.load_state_dict(torch.load(Path(folder) / "state.pt", weights_only=False))
-        logger.info("trial %s resumed at %d docs", trial_id, trial.docs_seen)
+        restored = trial.docs_seen
+        logger.info("trial %s resumed at %d docs", ctx.get_trial_id(), restored)
+    node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, docs: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(trial.state_dict(), Path(tmp) / "state.pt")
-            tune.report({**metrics, "output_dir": d["output_dir"]}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({**metrics, "node_id": node, "restored_docs": restored}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     trial.report = report
     trial.run()

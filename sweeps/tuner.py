@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ranksweep.core import TrialConfig, prepare
-from ranksweep.search_spaces.space import apply
+from ranksweep.core import TrialConfig
+from ranksweep.core.data.cache import cache_root
 
+from .prepare import RayExecutor, check_shared, prepare_shared
 from .spec import SpecError, Sweep
 
 logger = logging.getLogger(__name__)
@@ -21,33 +22,6 @@ def sweep_key(sweep: Sweep) -> str:
     """Identity of a sweep across driver restarts: its name, storage and resolved spec."""
     blob = json.dumps({"name": sweep.name, "storage": sweep.storage, "spec": sweep.raw}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def prepare_shared(sweep: Sweep) -> int:
-    """Build once, on the driver, everything trials share (candidates, tokens, teacher scores).
-
-    One preparation per distinct data configuration in the space (axes under data/candidates/
-    teacher); each covers every sampler of the space. Returns the number of preparations.
-    """
-    base = sweep.base
-    data_axes = [a for a in sweep.space.axes if a.key.split(".")[0] in ("data", "candidates", "teacher")]
-    samplers = set()
-    mix = False
-    for a in sweep.space.axes:
-        if a.key == "sampler.name":
-            samplers |= set(a.values or ())
-        if a.key == "augment.negatives_mix":
-            mix = True
-    combos = [{}]
-    for a in data_axes:
-        if not a.categorical:
-            raise SpecError(f"space: axis {a.key!r} changes shared data and must be categorical")
-        combos = [{**c, a.key: v} for c in combos for v in a.values]
-    for c in combos:
-        cfg = TrialConfig.from_dict(apply(base, c))
-        logger.info("preparing shared data %s", c or "(base)")
-        prepare(cfg, samplers=samplers or None, negatives_mix=mix or cfg.augment.negatives_mix > 0)
-    return len(combos)
 
 
 def _scheduler(sweep: Sweep, cfg: TrialConfig):
@@ -77,14 +51,14 @@ def _search(sweep: Sweep):
     return ConcurrencyLimiter(alg, max_concurrent=f.max_concurrent) if f.max_concurrent else alg
 
 
-def trainable(sweep: Sweep):
+def trainable(sweep: Sweep, prepared: dict[str, str]):
+    """The trial function with what is not searched bound: base trial, prepared data, resources."""
     from ray import tune
 
     from .trainable import train_trial
 
     r = sweep.fields.resources
-    fn = tune.with_parameters(train_trial, base=sweep.base, output_root=str(Path(sweep.storage) / sweep.name / "outputs"),
-                              cpus=r.cpu, gpus=r.gpu)
+    fn = tune.with_parameters(train_trial, base=sweep.base, prepared=prepared, axes=sweep.space.keys(), cpus=r.cpu, gpus=r.gpu)
     return tune.with_resources(fn, {"cpu": r.cpu, "gpu": r.gpu})
 
 
@@ -98,7 +72,7 @@ def callbacks(sweep: Sweep, tracking_uri: Optional[str] = None) -> list:
                            base=sweep.base, params=params, artifacts={"sweep.yaml": dump(sweep)})]
 
 
-def build_tuner(sweep: Sweep, tracking_uri: Optional[str] = None):
+def build_tuner(sweep: Sweep, prepared: dict[str, str], tracking_uri: Optional[str] = None):
     """The one ``tune.Tuner`` of a sweep: trainable, TuneConfig, RunConfig and param space."""
     from ray import tune
 
@@ -106,7 +80,7 @@ def build_tuner(sweep: Sweep, tracking_uri: Optional[str] = None):
     cfg = sweep.base_config()
     param_space = sweep.space.to_ray_param_space(sweep.seeds) if f.search == "grid" else {}
     return tune.Tuner(
-        trainable(sweep),
+        trainable(sweep, prepared),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=f.metric, mode=f.mode, scheduler=_scheduler(sweep, cfg), search_alg=_search(sweep),
@@ -117,6 +91,7 @@ def build_tuner(sweep: Sweep, tracking_uri: Optional[str] = None):
             name=sweep.name, storage_path=sweep.storage, callbacks=callbacks(sweep, tracking_uri),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=f.retries),
+            sync_config=tune.SyncConfig(sync_artifacts=True),  # trial outputs reach storage with every checkpoint
             verbose=1,
         ),
     )
@@ -144,15 +119,17 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
         if torch.cuda.device_count() == 0:
             raise SpecError(f"resources.gpu: {sweep.fields.resources.gpu} GPU per trial requested but this machine has none "
                             "(set resources.gpu: 0, or pass --address of a cluster with GPU workers)")
-    prepare_shared(sweep)
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                        if k in ("IR_DATASETS_HOME", "RANKSWEEP_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE")}})
     if sweep.fields.resources.gpu > 0 and ray.cluster_resources().get("GPU", 0) == 0:
         logger.warning("no GPU in the cluster yet: trials wait until the autoscaler adds GPU workers")
+    check_shared({"cache (data.cache_dir / RANKSWEEP_CACHE)": str(cache_root(sweep.base_config().data.cache_dir)),
+                  "storage": sweep.storage})
+    prepared = prepare_shared(sweep, RayExecutor())
     if resume:
-        tuner = tune.Tuner.restore(path, trainable=trainable(sweep), resume_unfinished=True, resume_errored=False,
+        tuner = tune.Tuner.restore(path, trainable=trainable(sweep, prepared), resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
     else:
-        tuner = build_tuner(sweep, tracking_uri)
+        tuner = build_tuner(sweep, prepared, tracking_uri)
     return tuner.fit()

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -16,7 +18,7 @@ from filelock import FileLock
 logger = logging.getLogger(__name__)
 
 #: bump when the layout of any stage changes, so old caches are never misread
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def cache_root(configured: Optional[str] = None) -> Path:
@@ -38,7 +40,9 @@ def stage(root: Path, kind: str, key: Any, build: Callable[[Path], None]) -> Pat
 
     Concurrent callers (trials on one machine, or on a shared file system) wait on one lock; the
     folder appears atomically with its ``key.json`` once ``build`` succeeded, so a crash never
-    leaves a half-written stage behind.
+    leaves a half-written stage behind. ``build`` may fan work out to other processes or nodes
+    (an executor's shards write into the temporary folder, which lies on the same storage).
+    ``build.json`` records how long the build took.
     """
     h = key_hash(key)
     final = root / kind / h
@@ -52,7 +56,10 @@ def stage(root: Path, kind: str, key: Any, build: Callable[[Path], None]) -> Pat
         tmp.mkdir(parents=True)
         try:
             logger.info("building %s %s", kind, h)
+            t0 = time.perf_counter()
             build(tmp)
+            seconds = time.perf_counter() - t0
+            (tmp / "build.json").write_text(json.dumps({"kind": kind, "seconds": seconds, "host": socket.gethostname()}))
             (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, indent=1, default=str))
             if final.exists():  # a stale folder without key.json
                 shutil.rmtree(final)

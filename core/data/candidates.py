@@ -1,132 +1,86 @@
-"""Candidate lists: BM25 top-k (bm25s) and dense top-k (FAISS), computed once and cached.
+"""Candidate lists: BM25 top-k (``bm25.py``) and dense top-k (FAISS over bi-encoder embeddings).
 
-Both are keyed by a content hash of what determines them: the corpus key, the query texts, the
-depth and the retriever's settings (tokenizer vocabulary, model, pooling, max length). Document
-embeddings are a stage of their own, shared by dense candidates and by a bi-encoder teacher that
-uses the same model.
+A ``Candidates`` stage holds one row per query of a ``QuerySet`` (same order): document indices
+``(Q, k)`` int32 (-1 padded) and scores ``(Q, k)`` float32, best first, memory-mapped.
+
+Dense retrieval is sharded twice: document embeddings are computed by GPU tasks over document
+ranges (cached as a stage of their own, shared with a bi-encoder teacher of the same model), and
+the exact inner-product search runs per document range against every query, each shard keeping
+its top-k, before the shards' lists are merged into one top-k per query. No process ever holds
+the whole corpus's embeddings in memory.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
 from .cache import stage
-from .collections import Corpus
-from .tokens import doc_tokens, query_tokens, tokenizer_key
+from .store import TextStore
+from .tokens import TokenStore, doc_tokens, query_tokens, shard_ranges, tokenizer_key
+
+if TYPE_CHECKING:
+    from ..executor import Executor
+    from .collections import Corpus, QuerySet
 
 logger = logging.getLogger(__name__)
-
-BM25_SETTINGS = {"stopwords": "en", "k1": 1.5, "b": 0.75, "method": "lucene"}
 
 
 @dataclass
 class Candidates:
-    """Ranked candidates per query: ``doc_idx[i]`` (-1 padded) with ``scores[i]``, best first."""
+    """Ranked candidates per query row: ``doc_idx[i]`` (-1 padded) with ``scores[i]``, best first."""
 
-    query_ids: list[str]
     doc_idx: np.ndarray  # (Q, k) int32
     scores: np.ndarray  # (Q, k) float32
+    folder: Optional[Path] = None  # where it was opened from
 
-    def row(self, qid: str) -> int:
-        return self._rows[qid]
+    def __len__(self) -> int:
+        return len(self.doc_idx)
 
-    def __post_init__(self) -> None:
-        self._rows = {q: i for i, q in enumerate(self.query_ids)}
+    def ranked(self, row: int) -> np.ndarray:
+        r = np.asarray(self.doc_idx[row])
+        return r[r >= 0].astype(np.int64)
 
-    def ranked(self, qid: str) -> np.ndarray:
-        r = self.doc_idx[self._rows[qid]]
-        return r[r >= 0]
+    def ranked_scores(self, row: int) -> np.ndarray:
+        r = np.asarray(self.doc_idx[row])
+        return np.asarray(self.scores[row])[r >= 0]
 
-    def to_run(self, corpus: Corpus, qids: list[str] | None = None) -> dict[str, dict[str, float]]:
-        ids = corpus.doc_ids
+    def to_run(self, docs: TextStore, rows: np.ndarray, qids: list[str]) -> dict[str, dict[str, float]]:
+        """``{qid: {doc_id: score}}`` of the given rows (``qids[j]`` names ``rows[j]``)."""
         out = {}
-        for q in qids if qids is not None else self.query_ids:
-            i = self._rows[q]
-            out[q] = {ids[d]: float(s) for d, s in zip(self.doc_idx[i], self.scores[i]) if d >= 0}
+        for q, r in zip(qids, rows):
+            d = self.ranked(int(r))
+            out[q] = dict(zip(docs.ids_of(d), self.ranked_scores(int(r)).tolist()))
         return out
 
     def save(self, folder: Path) -> None:
-        np.save(folder / "doc_idx.npy", self.doc_idx)
-        np.save(folder / "scores.npy", self.scores)
-        (folder / "query_ids.json").write_text(json.dumps(self.query_ids))
+        np.save(folder / "doc_idx.npy", np.asarray(self.doc_idx, dtype=np.int32))
+        np.save(folder / "scores.npy", np.asarray(self.scores, dtype=np.float32))
 
     @classmethod
     def load(cls, folder: Path) -> "Candidates":
-        return cls(json.loads((folder / "query_ids.json").read_text()), np.load(folder / "doc_idx.npy"), np.load(folder / "scores.npy"))
+        return cls(np.load(folder / "doc_idx.npy", mmap_mode="r"), np.load(folder / "scores.npy", mmap_mode="r"), Path(folder))
 
-
-def _texts_hash(qids: list[str], texts: list[str]) -> str:
-    return hashlib.sha256(json.dumps([qids, texts]).encode()).hexdigest()[:20]
-
-
-# ---------------------------------------------------------------------------------------------
-# BM25 (bm25s)
-# ---------------------------------------------------------------------------------------------
-
-
-class BM25Index:
-    """A bm25s index over a corpus, loaded from (or built into) the cache."""
-
-    def __init__(self, root: Path, corpus: Corpus) -> None:
-        import bm25s
-
-        key = {"corpus": corpus.key, **BM25_SETTINGS, "bm25s": bm25s.__version__}
-
-        def build(tmp: Path) -> None:
-            texts = [t for _, t in corpus.iter_docs()]
-            tokens = bm25s.tokenize(texts, stopwords=BM25_SETTINGS["stopwords"], show_progress=False)
-            r = bm25s.BM25(k1=BM25_SETTINGS["k1"], b=BM25_SETTINGS["b"], method=BM25_SETTINGS["method"])
-            r.index(tokens, show_progress=False)
-            r.save(str(tmp / "index"), show_progress=False)
-
-        self.folder = stage(root, "bm25_index", key, build)
-        self.retriever = bm25s.BM25.load(str(self.folder / "index"), show_progress=False, verbosity=0)
-        self.corpus = corpus
-
-    def _tok(self, texts: list[str], ids: bool):
-        import bm25s
-
-        return bm25s.tokenize(texts, stopwords=BM25_SETTINGS["stopwords"], show_progress=False, return_ids=ids)
-
-    def retrieve(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k document indices and BM25 scores (Q, k) for each query text."""
-        k = min(k, self.corpus.count)
-        q_tokens = self._tok(texts, ids=False)
-        idx = np.full((len(texts), k), -1, dtype=np.int32)
-        sc = np.zeros((len(texts), k), dtype=np.float32)
-        nonempty = [i for i, t in enumerate(q_tokens) if t]
-        if nonempty:
-            res, scores = self.retriever.retrieve([q_tokens[i] for i in nonempty], k=k, show_progress=False, n_threads=1)
-            idx[nonempty] = res
-            sc[nonempty] = scores
-        return idx, sc
-
-    def pair_scores(self, text: str, doc_idx: np.ndarray) -> np.ndarray:
-        """BM25 scores of one query against the given documents."""
-        tokens = self._tok([text], ids=False)[0]
-        if not tokens:
-            return np.zeros(len(doc_idx), dtype=np.float32)
-        return self.retriever.get_scores(tokens)[doc_idx].astype(np.float32)
-
-
-def bm25_candidates(root: Path, corpus: Corpus, qids: list[str], texts: list[str], k: int) -> Candidates:
-    """BM25 top-k for the queries (cached)."""
-    import bm25s
-
-    key = {"corpus": corpus.key, "queries": _texts_hash(qids, texts), "k": k, **BM25_SETTINGS, "bm25s": bm25s.__version__}
-
-    def build(tmp: Path) -> None:
-        idx, sc = BM25Index(root, corpus).retrieve(texts, k)
-        Candidates(qids, idx, sc).save(tmp)
-
-    return Candidates.load(stage(root, "bm25_candidates", key, build))
+    @staticmethod
+    def merge(parts: list[Path], folder: Path, k: int) -> None:
+        """Concatenate query-shard parts (``<part>.doc_idx.npy``/``.scores.npy``, in order) into the stage."""
+        n = sum(len(np.load(f"{p}.doc_idx.npy", mmap_mode="r")) for p in parts)
+        idx = np.lib.format.open_memmap(folder / "doc_idx.npy", mode="w+", dtype=np.int32, shape=(n, k))
+        sc = np.lib.format.open_memmap(folder / "scores.npy", mode="w+", dtype=np.float32, shape=(n, k))
+        pos = 0
+        for p in parts:
+            a, b = np.load(f"{p}.doc_idx.npy"), np.load(f"{p}.scores.npy")
+            idx[pos : pos + len(a)] = a
+            sc[pos : pos + len(a)] = b
+            pos += len(a)
+            Path(f"{p}.doc_idx.npy").unlink()
+            Path(f"{p}.scores.npy").unlink()
+        idx.flush()
+        sc.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,14 +99,6 @@ class EncoderSpec:
     max_query_length: int = 32
 
 
-def _load_bi(spec: EncoderSpec, device: torch.device):
-    from ..models import BiEncoder, load_encoder, load_tokenizer
-
-    tok = load_tokenizer(spec.model)
-    model = BiEncoder(load_encoder(spec.model), spec.pooling, spec.similarity, 1.0).to(device).eval()
-    return tok, model
-
-
 def _spec_key(spec: EncoderSpec, tok) -> dict:
     from ..models import resolve_model
 
@@ -164,44 +110,91 @@ def _spec_key(spec: EncoderSpec, tok) -> dict:
     }
 
 
-def doc_embeddings(root: Path, corpus: Corpus, spec: EncoderSpec, device: torch.device, batch_tokens: int = 16384) -> np.ndarray:
-    """(N, H) float16 embeddings of every document (memory-mapped, cached)."""
-    from ..models import autocast, load_tokenizer
+@dataclass(frozen=True)
+class EmbedShard:
+    spec: EncoderSpec
+    tokens: str  # TokenStore folder
+    start: int
+    stop: int
+    batch_tokens: int
+    out: str
+    device: str = "auto"
+
+
+def embed_shard(job: EmbedShard) -> int:
+    """Embeddings (float16) of sequences ``[start, stop)`` of a token store, on the task's device."""
+    import torch
+
+    from ..models import BiEncoder, autocast, load_encoder, load_tokenizer, resolve_device
     from .batching import SpecialTokens
 
-    tok = load_tokenizer(spec.model)
-    key = {"corpus": corpus.key, **_spec_key(spec, tok), "max_length": spec.max_doc_length}
-
-    def build(tmp: Path) -> None:
-        _, model = _load_bi(spec, device)
-        store = doc_tokens(root, corpus, tok, spec.max_doc_length)
-        special = SpecialTokens.of(tok)
-        out = np.lib.format.open_memmap(tmp / "emb.npy", mode="w+", dtype=np.float16, shape=(len(store), model.hidden_size))
-        step = 8192
-        with torch.inference_mode(), autocast(device):
-            for start in range(0, len(store), step):
-                seqs = [store.get(i) for i in range(start, min(start + step, len(store)))]
-                out[start : start + len(seqs)] = model.encode(seqs, special, batch_tokens, device).cpu().numpy()
-        out.flush()
-        del out
-
-    return np.load(stage(root, "doc_embeddings", key, build) / "emb.npy", mmap_mode="r")
-
-
-def query_embeddings(root: Path, texts: list[str], spec: EncoderSpec, device: torch.device, batch_tokens: int = 16384) -> np.ndarray:
-    """(Q, H) float32 embeddings of query texts (not cached: cheap)."""
-    from ..models import autocast
-    from .batching import SpecialTokens
-
-    tok, model = _load_bi(spec, device)
-    store = query_tokens(root, texts, tok, spec.max_query_length)
+    device = resolve_device(job.device)
+    tok = load_tokenizer(job.spec.model)
+    model = BiEncoder(load_encoder(job.spec.model), job.spec.pooling, job.spec.similarity, 1.0).to(device).eval()
+    store = TokenStore.load(Path(job.tokens))
+    special = SpecialTokens.of(tok)
+    out = np.lib.format.open_memmap(f"{job.out}.npy", mode="w+", dtype=np.float16, shape=(job.stop - job.start, model.hidden_size))
+    step = 8192
     with torch.inference_mode(), autocast(device):
-        e = model.encode([store.get(i) for i in range(len(store))], SpecialTokens.of(tok), batch_tokens, device)
-    return e.float().cpu().numpy()
+        for a in range(job.start, job.stop, step):
+            b = min(a + step, job.stop)
+            out[a - job.start : b - job.start] = model.encode([store.get(i) for i in range(a, b)], special, job.batch_tokens,
+                                                              device).cpu().numpy()
+    out.flush()
+    return job.stop - job.start
 
 
-def faiss_search(doc_emb: np.ndarray, q_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k with FAISS; on the GPU when faiss-gpu and a GPU are present."""
+def _embed(root: Path, kind: str, key: dict, tokens: TokenStore, spec: EncoderSpec, executor: "Executor", gpus: float,
+           cpus: int, shard: int, batch_tokens: int) -> np.ndarray:
+    def build(tmp: Path) -> None:
+        jobs = [EmbedShard(spec, str(tokens.folder), a, b, batch_tokens, str(tmp / f"part-{i:05d}"))
+                for i, (a, b) in enumerate(shard_ranges(len(tokens), shard))]
+        executor.map(embed_shard, jobs, cpus=cpus, gpus=gpus, label=f"{kind} ({len(jobs)} shards)")
+        parts = [np.load(f"{j.out}.npy", mmap_mode="r") for j in jobs]
+        h = parts[0].shape[1] if parts and parts[0].ndim == 2 else 0
+        emb = np.lib.format.open_memmap(tmp / "emb.npy", mode="w+", dtype=np.float16, shape=(len(tokens), h))
+        for j, p in zip(jobs, parts):
+            emb[j.start : j.stop] = p
+        emb.flush()
+        del emb, parts
+        for j in jobs:
+            Path(f"{j.out}.npy").unlink()
+
+    return np.load(stage(root, kind, key, build) / "emb.npy", mmap_mode="r")
+
+
+def doc_embeddings(root: Path, corpus: "Corpus", spec: EncoderSpec, executor: Optional["Executor"] = None, gpus: float = 0,
+                   cpus: int = 1, shard_docs: int = 500_000, batch_tokens: int = 16384) -> np.ndarray:
+    """(N, H) float16 embeddings of every document (memory-mapped, cached; GPU tasks over document ranges)."""
+    from ..executor import LOCAL
+    from ..models import load_tokenizer
+
+    executor = executor or LOCAL
+    tok = load_tokenizer(spec.model)
+    tokens = doc_tokens(root, corpus, spec.model, tok, spec.max_doc_length, executor)
+    key = {"corpus": corpus.key, **_spec_key(spec, tok), "max_length": spec.max_doc_length}
+    return _embed(root, "doc_embeddings", key, tokens, spec, executor, gpus, cpus, shard_docs, batch_tokens)
+
+
+def query_embeddings(root: Path, queries: "QuerySet", spec: EncoderSpec, executor: Optional["Executor"] = None, gpus: float = 0,
+                     cpus: int = 1, shard_queries: int = 500_000, batch_tokens: int = 16384) -> np.ndarray:
+    """(Q, H) float16 embeddings of a ``QuerySet`` (cached)."""
+    from ..executor import LOCAL
+    from ..models import load_tokenizer
+
+    executor = executor or LOCAL
+    tok = load_tokenizer(spec.model)
+    tokens = query_tokens(root, queries, spec.model, tok, spec.max_query_length, executor)
+    key = {"queries": queries.key, **_spec_key(spec, tok), "max_length": spec.max_query_length}
+    return _embed(root, "query_embeddings", key, tokens, spec, executor, gpus, cpus, shard_queries, batch_tokens)
+
+
+def faiss_search(doc_emb: np.ndarray, q_emb: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k with FAISS (on the GPU when faiss-gpu and a GPU are present).
+
+    ``doc_emb`` may be a memory map: it is added to the index in blocks, as float32.
+    Returned indices are shifted by ``offset`` (the first document's index of a shard).
+    """
     import faiss
 
     d = doc_emb.shape[1]
@@ -213,23 +206,76 @@ def faiss_search(doc_emb: np.ndarray, q_emb: np.ndarray, k: int) -> tuple[np.nda
         index.add(np.ascontiguousarray(doc_emb[start : start + step], dtype=np.float32))
     k = min(k, doc_emb.shape[0])
     scores, idx = index.search(np.ascontiguousarray(q_emb, dtype=np.float32), k)
+    idx = np.where(idx >= 0, idx + offset, -1)
     return idx.astype(np.int32), scores.astype(np.float32)
 
 
-def dense_candidates(
-    root: Path, corpus: Corpus, qids: list[str], texts: list[str], k: int, spec: EncoderSpec, device: torch.device
-) -> Candidates:
-    """Dense top-k for the queries (cached)."""
+@dataclass(frozen=True)
+class DenseShard:
+    docs: str  # doc embeddings .npy
+    queries: str  # query embeddings .npy
+    start: int
+    stop: int
+    k: int
+    out: str
+
+
+def dense_shard(job: DenseShard) -> int:
+    """Top-k of every query among documents ``[start, stop)``."""
+    docs = np.load(job.docs, mmap_mode="r")[job.start : job.stop]
+    idx, sc = faiss_search(docs, np.load(job.queries, mmap_mode="r"), job.k, offset=job.start)
+    np.save(f"{job.out}.doc_idx.npy", idx)
+    np.save(f"{job.out}.scores.npy", sc)
+    return job.stop - job.start
+
+
+def merge_topk(parts: list[Path], folder: Path, n_queries: int, k: int, block: int = 65536) -> None:
+    """Merge per-document-shard top-k lists into one top-k per query (by score, then document index)."""
+    idx_out = np.lib.format.open_memmap(folder / "doc_idx.npy", mode="w+", dtype=np.int32, shape=(n_queries, k))
+    sc_out = np.lib.format.open_memmap(folder / "scores.npy", mode="w+", dtype=np.float32, shape=(n_queries, k))
+    idx_parts = [np.load(f"{p}.doc_idx.npy", mmap_mode="r") for p in parts]
+    sc_parts = [np.load(f"{p}.scores.npy", mmap_mode="r") for p in parts]
+    for a in range(0, n_queries, block):
+        b = min(a + block, n_queries)
+        idx = np.concatenate([np.asarray(x[a:b]) for x in idx_parts], axis=1).astype(np.int64)
+        sc = np.concatenate([np.asarray(x[a:b]) for x in sc_parts], axis=1).astype(np.float32)
+        sc = np.where(idx >= 0, sc, -np.inf)
+        # best first: score descending, ties by document index ascending; padding (-1) last
+        order = np.lexsort((np.where(idx >= 0, idx, np.iinfo(np.int64).max), -sc), axis=1)[:, :k]
+        top_i = np.take_along_axis(idx, order, axis=1)
+        top_s = np.take_along_axis(sc, order, axis=1)
+        width = top_i.shape[1]
+        idx_out[a:b, :width] = np.where(np.isfinite(top_s), top_i, -1)
+        sc_out[a:b, :width] = np.where(np.isfinite(top_s), top_s, 0.0)
+        if width < k:
+            idx_out[a:b, width:] = -1
+            sc_out[a:b, width:] = 0.0
+    idx_out.flush()
+    sc_out.flush()
+    del idx_parts, sc_parts
+    for p in parts:
+        Path(f"{p}.doc_idx.npy").unlink()
+        Path(f"{p}.scores.npy").unlink()
+
+
+def dense_candidates(root: Path, corpus: "Corpus", queries: "QuerySet", k: int, spec: EncoderSpec,
+                     executor: Optional["Executor"] = None, gpus: float = 0, cpus: int = 1, shard_docs: int = 500_000) -> Candidates:
+    """Dense top-k of every query of ``queries`` (cached; embedding and search sharded by document range)."""
+    from ..executor import LOCAL
     from ..models import load_tokenizer
 
+    executor = executor or LOCAL
     tok = load_tokenizer(spec.model)
-    key = {"corpus": corpus.key, "queries": _texts_hash(qids, texts), "k": k, **_spec_key(spec, tok),
+    k = min(k, corpus.count)
+    key = {"corpus": corpus.key, "queries": queries.key, "n": len(queries), "k": k, **_spec_key(spec, tok),
            "max_doc_length": spec.max_doc_length, "max_query_length": spec.max_query_length}
 
     def build(tmp: Path) -> None:
-        emb = doc_embeddings(root, corpus, spec, device)
-        q = query_embeddings(root, texts, spec, device)
-        idx, sc = faiss_search(emb, q, k)
-        Candidates(qids, idx, sc).save(tmp)
+        emb = doc_embeddings(root, corpus, spec, executor, gpus, cpus, shard_docs)
+        q = query_embeddings(root, queries, spec, executor, gpus, cpus)
+        jobs = [DenseShard(str(emb.filename), str(q.filename), a, b, k, str(tmp / f"part-{i:05d}"))
+                for i, (a, b) in enumerate(shard_ranges(corpus.count, shard_docs))]
+        executor.map(dense_shard, jobs, cpus=cpus, gpus=gpus, label=f"dense search ({len(jobs)} shards)")
+        merge_topk([Path(j.out) for j in jobs], tmp, len(queries), k)
 
     return Candidates.load(stage(root, "dense_candidates", key, build))

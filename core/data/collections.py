@@ -12,16 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from ..registry import unknown_name_message
+from .cache import cache_root, stage
+from .store import TextStore
+
+if TYPE_CHECKING:
+    from ..executor import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +67,54 @@ def check_dataset_id(dataset_id: str, path: str = "dataset") -> None:
 
 @dataclass
 class Corpus:
-    """The documents of a collection, streamed in a fixed order; index i names ``doc_ids[i]``."""
+    """The documents of a collection in a fixed order: index i is the i-th document of the source.
+
+    ``key`` names every cache derived from the corpus (two dataset ids over one corpus share it).
+    The documents are read once, into the ``corpus`` stage (a ``TextStore``: ids and texts,
+    memory-mapped); everything downstream reads shards of that store, never the source again.
+    """
 
     key: str
     count: int
-    _iter: Callable[[], Iterator[tuple[str, str]]] = field(repr=False)
+    dataset_id: str
 
     def iter_docs(self) -> Iterator[tuple[str, str]]:
-        """Yield ``(doc_id, text)`` in index order (text = title + body where the format has both)."""
-        return self._iter()
+        """Yield ``(doc_id, text)`` from the source in index order (text = title + body)."""
+        return iter_source_docs(self.dataset_id)
 
-    @cached_property
-    def doc_ids(self) -> list[str]:
-        return [d for d, _ in self.iter_docs()]
+    def store(self, root: Optional[Path] = None, executor: Optional["Executor"] = None) -> TextStore:
+        """The corpus as a ``TextStore`` (built once per corpus, as one task of ``executor``)."""
+        from ..executor import LOCAL
 
-    @cached_property
-    def doc_index(self) -> dict[str, int]:
-        return {d: i for i, d in enumerate(self.doc_ids)}
+        root = root or cache_root()
+        executor = executor or LOCAL
+
+        def build(tmp: Path) -> None:
+            n = executor.map(_write_corpus_store, [(self.dataset_id, str(tmp))], cpus=1, label="corpus store")[0]
+            if n != self.count:
+                raise DatasetError(f"{self.dataset_id}: read {n} documents, expected {self.count}")
+
+        return TextStore.load(stage(root, "corpus", {"corpus": self.key, "count": self.count}, build))
+
+
+def _write_corpus_store(job: tuple[str, str]) -> int:
+    dataset_id, folder = job
+    return TextStore.write(Path(folder), iter_source_docs(dataset_id))
+
+
+def iter_source_docs(dataset_id: str) -> Iterator[tuple[str, str]]:
+    """``(doc_id, text)`` of a dataset's corpus, straight from its source, in index order."""
+    if dataset_id.startswith("local:"):
+        folder, _ = _parse_local(dataset_id)
+        for d in _read_jsonl(folder / "corpus.jsonl"):
+            if "_id" not in d:
+                raise DatasetError(f"{folder / 'corpus.jsonl'}: a document without '_id'")
+            yield str(d["_id"]), f"{d.get('title', '') or ''} {d.get('text', '') or ''}".strip()
+        return
+    import ir_datasets
+
+    for d in ir_datasets.load(dataset_id).docs_iter():
+        yield d.doc_id, _doc_text(d)
 
 
 @dataclass
@@ -160,12 +196,7 @@ def load_collection(dataset_id: str) -> Collection:
         namespace = dataset_id
     count = ds.docs_count()
     key = hashlib.sha256(f"irds|{namespace}|{count}|{ds.docs_cls().__name__}".encode()).hexdigest()[:20]
-
-    def it() -> Iterator[tuple[str, str]]:
-        for d in ds.docs_iter():
-            yield d.doc_id, _doc_text(d)
-
-    return Collection(dataset_id, queries, qrels, Corpus(key, count, it))
+    return Collection(dataset_id, queries, qrels, Corpus(key, count, dataset_id))
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
@@ -195,6 +226,27 @@ def _load_local(dataset_id: str) -> Collection:
                 raise DatasetError(f"{qrels_file}:{n}: expected 'query-id<TAB>corpus-id<TAB>score'")
             qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
     qrels = {q: r for q, r in qrels.items() if q in queries}
+    key, count = local_corpus_key(corpus_file)
+    return Collection(dataset_id, queries, qrels, Corpus(key, count, dataset_id))
+
+
+def file_stat_key(path: Path) -> str:
+    """What identifies a file's version without reading it: resolved path, size, mtime, inode."""
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode()).hexdigest()[:24]
+
+
+def local_corpus_key(corpus_file: Path) -> tuple[str, int]:
+    """Content hash and document count of a local ``corpus.jsonl``, memoised by the file's stat.
+
+    The content hash names the caches (two copies of one corpus share them); computing it reads
+    the whole file, so it happens once per file version and is remembered in the cache
+    (``fingerprints/``); every later process reads the memo instead.
+    """
+    memo = cache_root() / "fingerprints" / f"{file_stat_key(corpus_file)}.json"
+    if memo.exists():
+        m = json.loads(memo.read_text())
+        return m["key"], int(m["count"])
     digest = hashlib.sha256()
     count = 0
     with corpus_file.open("rb") as f:
@@ -203,12 +255,37 @@ def _load_local(dataset_id: str) -> Collection:
     for _ in _read_jsonl(corpus_file):
         count += 1
     key = digest.hexdigest()[:20]
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key, "count": count, "file": str(corpus_file.resolve())}))
+    os.replace(tmp, memo)
+    return key, count
 
-    def it() -> Iterator[tuple[str, str]]:
-        for d in _read_jsonl(corpus_file):
-            yield str(d["_id"]), f"{d.get('title', '')} {d.get('text', '')}".strip()
 
-    return Collection(dataset_id, queries, qrels, Corpus(key, count, it))
+@dataclass
+class QuerySet:
+    """Queries in a fixed order as a ``TextStore`` (ids and texts), with the key that names it."""
+
+    key: str
+    store: TextStore
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.store.ids_of(np.arange(len(self.store)))
+
+
+def query_set(queries: dict[str, str], qids: list[str], root: Optional[Path] = None) -> QuerySet:
+    """The queries ``qids`` (texts from ``queries``) as a cached ``QuerySet``."""
+    h = hashlib.sha256()
+    for q in qids:
+        h.update(q.encode("utf-8") + b"\x1f" + queries[q].encode("utf-8") + b"\x1e")
+    key = h.hexdigest()[:20]
+    folder = stage(root or cache_root(), "queries", {"queries": key, "n": len(qids)},
+                   lambda tmp: TextStore.write(tmp, ((q, queries[q]) for q in qids)))
+    return QuerySet(key, TextStore.load(folder))
 
 
 @dataclass(frozen=True)
@@ -227,9 +304,8 @@ def split_train_dev(collection: Collection, dev_fraction: float, seed: int) -> S
     order = judged[:]
     random.Random(seed).shuffle(order)
     n_dev = min(max(1, round(dev_fraction * len(order))), len(order) - 1)
-    dev = sorted(order[:n_dev], key=judged.index)
-    dev_set = set(dev)
-    return Split([q for q in judged if q not in dev_set], dev)
+    dev_set = set(order[:n_dev])
+    return Split([q for q in judged if q not in dev_set], [q for q in judged if q in dev_set])
 
 
 def sample_queries(query_ids: list[str], max_queries: Optional[int], seed: int = 0) -> list[str]:

@@ -11,160 +11,201 @@ relevant document. Samplers (registry ``SAMPLERS``):
 - ``teacher``: the BM25 pool re-ranked by the teacher, ``skip_top`` ranks skipped (against false
   negatives), then the hardest first (or uniform within ``depth`` with ``hardest_first: false``).
 
+Queries are rows (ints) of the prepared training queries. Every list lives in a ``Ragged``
+(memory-mapped) prepared once, with the judged relevant documents already removed: sampling
+reads slices, and a trial holds no per-query Python objects.
+
 If a list holds fewer than G-1 usable negatives, the rest come from the random pool (counted in
-``Sampler.fills``). Sampling is a pure function of the generator, so a seed fixes every group.
+``Sampler.fills`` and reported by the trial as ``train/random_fills``). Sampling is a pure
+function of the generator, so a seed fixes every group.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..registry import Registry
+from .store import Ragged
 
 logger = logging.getLogger(__name__)
+
+POOL_NAMES = ("positives", "bm25", "random", "dense", "teacher")
 
 
 @dataclass
 class SamplingPools:
-    """Per training query: positives, judged-relevant set and the ranked candidate lists."""
+    """Per training query row: judged positives and the ranked negative lists (relevant removed)."""
 
-    positives: dict[str, np.ndarray]
-    bm25: dict[str, np.ndarray]
-    random: dict[str, np.ndarray]
-    dense: Optional[dict[str, np.ndarray]] = None
-    relevant: dict[str, set] = field(default_factory=dict)
+    positives: Ragged  # judged relevant documents (relevance > 0), sorted
+    bm25: Ragged  # BM25 candidates in rank order
+    random: Ragged  # a seeded uniform pool from the whole corpus, sorted
+    dense: Optional[Ragged] = None  # dense candidates in rank order
+    teacher: Optional[Ragged] = None  # the BM25 pool in the teacher's order (unscored pairs dropped)
 
-    def __post_init__(self) -> None:
-        if not self.relevant:
-            self.relevant = {q: set(map(int, p)) for q, p in self.positives.items()}
+    def __len__(self) -> int:
+        return len(self.positives)
+
+    def save(self, folder: Path) -> None:
+        for name in POOL_NAMES:
+            r = getattr(self, name)
+            if r is not None:
+                r.save(folder, name)
+
+    @classmethod
+    def load(cls, folder: Path) -> "SamplingPools":
+        return cls(**{name: Ragged.load(folder, name) if Ragged.exists(folder, name) else None for name in POOL_NAMES})
+
+
+def without(lists: Ragged | Sequence[np.ndarray], positives: Ragged, keep_order: bool = True) -> Ragged:
+    """Each row of ``lists`` without the row's judged positives, in its original order."""
+    out = []
+    for i in range(len(positives)):
+        lst = np.asarray(lists.row(i) if isinstance(lists, Ragged) else lists[i], dtype=np.int64)
+        out.append(lst[~np.isin(lst, positives.row(i))])
+    return Ragged.from_rows(out)
+
+
+def random_pools(positives: Ragged, n_docs: int, size: int, seed: int) -> Ragged:
+    """A seeded uniform pool of ``size`` non-relevant documents per row, drawn from the whole corpus."""
+    rng = np.random.default_rng(seed)
+    out = []
+    size = min(size, n_docs - 1)
+    for i in range(len(positives)):
+        rel = positives.row(i)
+        draw = rng.choice(n_docs, size=min(n_docs, size + len(rel)), replace=False)
+        out.append(np.sort(draw[~np.isin(draw, rel)][:size]))
+    return Ragged.from_rows(out)
+
+
+def teacher_order(bm25: Ragged, teacher, rows: Optional[np.ndarray] = None) -> Ragged:
+    """Each row's BM25 negatives sorted by the teacher's score (best first; unscored pairs dropped)."""
+    out = []
+    for i in range(len(bm25)):
+        pool = bm25.row(i).astype(np.int64)
+        s = teacher.lookup([int(rows[i]) if rows is not None else i], pool[None, :])[0]
+        keep = ~np.isnan(s)
+        pool, s = pool[keep], s[keep]
+        out.append(pool[np.argsort(-s, kind="stable")])
+    return Ragged.from_rows(out)
 
 
 def rrf(lists: Sequence[np.ndarray], k: int = 60) -> np.ndarray:
     """Reciprocal-rank fusion (Cormack, Clarke, Büttcher, SIGIR 2009): ``Σ 1 / (k + rank)``, best first."""
-    score: dict[int, float] = {}
-    for lst in lists:
-        for rank, d in enumerate(lst, start=1):
-            score[int(d)] = score.get(int(d), 0.0) + 1.0 / (k + rank)
-    return np.array(sorted(score, key=lambda d: (-score[d], d)), dtype=np.int64)
+    docs = np.concatenate([np.asarray(lst, dtype=np.int64) for lst in lists]) if lists else np.zeros(0, np.int64)
+    if not len(docs):
+        return docs
+    ranks = np.concatenate([np.arange(1, len(lst) + 1) for lst in lists])
+    uniq, inv = np.unique(docs, return_inverse=True)
+    score = np.bincount(inv, weights=1.0 / (k + ranks))
+    return uniq[np.lexsort((uniq, -score))]
 
 
 class Sampler:
-    """Base sampler: draws a positive and G-1 negatives from ``ranked(qid)``."""
+    """Base sampler: draws a positive and G-1 negatives from ``ranked(row)``."""
 
     #: candidate components whose teacher scores this sampler needs
     components: tuple[str, ...] = ("bm25",)
 
-    def __init__(self, cfg, pools: SamplingPools, teacher=None) -> None:
+    def __init__(self, cfg, pools: SamplingPools) -> None:
         self.cfg = cfg
         self.pools = pools
-        self.teacher = teacher
         self.fills = 0
-        self._cache: dict[str, np.ndarray] = {}
 
-    def ranked(self, qid: str) -> np.ndarray:
-        """The query's ranked negative candidates (relevant documents removed)."""
-        if qid not in self._cache:
-            lst = self._ranked(qid)
-            rel = self.pools.relevant[qid]
-            self._cache[qid] = np.array([d for d in lst if int(d) not in rel], dtype=np.int64)
-        return self._cache[qid]
-
-    def _ranked(self, qid: str) -> np.ndarray:
+    def ranked(self, row: int) -> np.ndarray:
+        """The query's ranked negative candidates (judged relevant documents already removed)."""
         raise NotImplementedError
 
-    def window(self, qid: str) -> np.ndarray:
+    def window(self, row: int) -> np.ndarray:
         lo, hi = self.cfg.depth
-        return self.ranked(qid)[lo:hi]
+        return self.ranked(row)[lo:hi]
 
-    def negatives(self, qid: str, n: int, rng: np.random.Generator) -> np.ndarray:
-        w = self.window(qid)
+    def negatives(self, row: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        w = self.window(row)
         take = w[rng.choice(len(w), size=min(n, len(w)), replace=False)] if len(w) else np.zeros(0, np.int64)
         if len(take) < n:
-            take = np.concatenate([take, self.fill(qid, n - len(take), set(map(int, take)), rng)])
+            take = np.concatenate([take, self.fill(row, n - len(take), take, rng)])
         return take
 
-    def fill(self, qid: str, n: int, taken: set, rng: np.random.Generator) -> np.ndarray:
-        """``n`` random-pool documents not relevant and not already taken."""
+    def fill(self, row: int, n: int, taken: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``n`` random-pool documents not already taken (the pool holds no relevant document)."""
         self.fills += n
-        rel = self.pools.relevant[qid]
-        pool = np.array([d for d in self.pools.random[qid] if int(d) not in rel and int(d) not in taken], dtype=np.int64)
+        pool = self.pools.random.row(row)
+        pool = pool[~np.isin(pool, taken)]
         if len(pool) < n:
-            raise ValueError(f"query {qid!r}: only {len(pool)} random-pool documents left to fill {n} negatives; raise candidates.random_pool")
-        return pool[rng.choice(len(pool), size=n, replace=False)]
+            raise ValueError(f"query row {row}: only {len(pool)} random-pool documents left to fill {n} negatives; "
+                             "raise candidates.random_pool")
+        return pool[rng.choice(len(pool), size=n, replace=False)].astype(np.int64)
 
-    def sample(self, qids: Sequence[str], group_size: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, rows: Sequence[int], group_size: int, rng: np.random.Generator) -> np.ndarray:
         """Doc indices (B, G): column 0 a positive, then G-1 negatives."""
-        out = np.empty((len(qids), group_size), dtype=np.int64)
-        for b, q in enumerate(qids):
-            pos = self.pools.positives[q]
+        out = np.empty((len(rows), group_size), dtype=np.int64)
+        for b, r in enumerate(rows):
+            pos = self.pools.positives.row(int(r))
             out[b, 0] = pos[rng.integers(len(pos))]
-            out[b, 1:] = self.negatives(q, group_size - 1, rng)
+            out[b, 1:] = self.negatives(int(r), group_size - 1, rng)
         return out
 
 
 class RandomSampler(Sampler):
     components = ("bm25", "random")
 
-    def _ranked(self, qid: str) -> np.ndarray:
-        return self.pools.random[qid]
+    def ranked(self, row: int) -> np.ndarray:
+        return self.pools.random.row(row)
 
-    def window(self, qid: str) -> np.ndarray:
-        return self.ranked(qid)
+    def window(self, row: int) -> np.ndarray:
+        return self.ranked(row)
 
 
 class BM25Sampler(Sampler):
     components = ("bm25",)
 
-    def _ranked(self, qid: str) -> np.ndarray:
-        return self.pools.bm25[qid]
+    def ranked(self, row: int) -> np.ndarray:
+        return self.pools.bm25.row(row)
 
 
 class DenseSampler(Sampler):
     components = ("bm25", "dense")
 
-    def _ranked(self, qid: str) -> np.ndarray:
+    def ranked(self, row: int) -> np.ndarray:
         if self.pools.dense is None:
             raise ValueError("sampler 'dense' needs dense candidates; candidates.dense_depth is 0")
-        return self.pools.dense[qid]
+        return self.pools.dense.row(row)
 
 
 class EnsembleSampler(Sampler):
     components = ("bm25", "dense")
 
-    def _ranked(self, qid: str) -> np.ndarray:
+    def ranked(self, row: int) -> np.ndarray:
         if self.pools.dense is None:
             raise ValueError("sampler 'ensemble' needs dense candidates; candidates.dense_depth is 0")
-        return rrf([self.pools.bm25[qid], self.pools.dense[qid]], self.cfg.rrf_k)
+        return rrf([self.pools.bm25.row(row), self.pools.dense.row(row)], self.cfg.rrf_k)
 
 
 class TeacherSampler(Sampler):
     components = ("bm25",)
 
-    def _ranked(self, qid: str) -> np.ndarray:
-        if self.teacher is None:
-            raise ValueError("sampler 'teacher' needs teacher scores")
-        pool = self.pools.bm25[qid]
-        s = self.teacher.lookup([qid], pool[None, :])[0]
-        keep = ~np.isnan(s)
-        pool, s = pool[keep], s[keep]
-        return pool[np.argsort(-s, kind="stable")]
+    def ranked(self, row: int) -> np.ndarray:
+        if self.pools.teacher is None:
+            raise ValueError("sampler 'teacher' needs teacher scores (the teacher's order of the BM25 pool was not prepared)")
+        return self.pools.teacher.row(row)
 
-    def window(self, qid: str) -> np.ndarray:
+    def window(self, row: int) -> np.ndarray:
         lo, hi = self.cfg.depth
-        r = self.ranked(qid)
+        r = self.ranked(row)
         return r[self.cfg.skip_top:] if self.cfg.hardest_first else r[max(lo, self.cfg.skip_top):hi]
 
-    def negatives(self, qid: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    def negatives(self, row: int, n: int, rng: np.random.Generator) -> np.ndarray:
         if not self.cfg.hardest_first:
-            return super().negatives(qid, n, rng)
-        w = self.window(qid)[:n]
+            return super().negatives(row, n, rng)
+        w = self.window(row)[:n].astype(np.int64)
         if len(w) < n:
-            w = np.concatenate([w, self.fill(qid, n - len(w), set(map(int, w)), rng)])
+            w = np.concatenate([w, self.fill(row, n - len(w), w, rng)])
         return w
 
 
@@ -176,7 +217,7 @@ SAMPLERS.register("ensemble", EnsembleSampler)
 SAMPLERS.register("teacher", TeacherSampler)
 
 
-def mix_negatives(groups: np.ndarray, fraction: float, pools: SamplingPools, qids: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+def mix_negatives(groups: np.ndarray, fraction: float, pools: SamplingPools, rows: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     """Replace ``round(fraction * (G-1))`` negatives of each group by random-pool documents.
 
     Changes the locality of the group (its diameter) while keeping its size; the replaced columns
@@ -187,22 +228,9 @@ def mix_negatives(groups: np.ndarray, fraction: float, pools: SamplingPools, qid
     if k == 0:
         return groups
     out = groups.copy()
-    for b, q in enumerate(qids):
+    for b, r in enumerate(rows):
         cols = 1 + rng.choice(g - 1, size=k, replace=False)
-        taken = set(map(int, out[b]))
-        rel = pools.relevant[q]
-        pool = np.array([d for d in pools.random[q] if int(d) not in taken and int(d) not in rel], dtype=np.int64)
+        pool = pools.random.row(int(r))
+        pool = pool[~np.isin(pool, out[b])]
         out[b, cols] = pool[rng.choice(len(pool), size=k, replace=False)]
-    return out
-
-
-def random_pools(query_ids: Sequence[str], relevant: dict[str, set], n_docs: int, size: int, seed: int) -> dict[str, np.ndarray]:
-    """A seeded uniform pool of ``size`` non-relevant documents per query, drawn from the whole corpus."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    size = min(size, n_docs - 1)
-    for q in query_ids:
-        rel = relevant[q]
-        draw = rng.choice(n_docs, size=min(n_docs, size + len(rel)), replace=False)
-        out[q] = np.sort(np.array([d for d in draw if int(d) not in rel][:size], dtype=np.int64))
     return out

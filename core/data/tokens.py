@@ -3,6 +3,10 @@
 A ``TokenStore`` holds sequences *without* special tokens, truncated to a maximum length; the
 batching code adds ``[CLS] … [SEP]`` (or ``[CLS] q [SEP] d [SEP]``) and pads each length-sorted
 chunk only to its own longest sequence.
+
+Tokenizing is sharded: each shard is a range ``[a, b)`` of a ``TextStore`` (a corpus or a query
+set) tokenized by one executor task into its own part files, which are then concatenated into
+the stage. A trial only opens the result.
 """
 
 from __future__ import annotations
@@ -12,10 +16,16 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from .cache import stage
+from .store import TextStore
+
+if TYPE_CHECKING:
+    from ..executor import Executor
+    from .collections import QuerySet
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +36,7 @@ class TokenStore:
 
     tokens: np.ndarray  # (T,) int32
     offsets: np.ndarray  # (N+1,) int64
+    folder: Optional[Path] = None  # where it was opened from
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -38,15 +49,7 @@ class TokenStore:
 
     @classmethod
     def load(cls, folder: Path) -> "TokenStore":
-        return cls(np.load(folder / "tokens.npy", mmap_mode="r"), np.load(folder / "offsets.npy"))
-
-    @classmethod
-    def from_sequences(cls, seqs: list[list[int]]) -> "TokenStore":
-        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
-        return cls(flat, offsets)
+        return cls(np.load(folder / "tokens.npy", mmap_mode="r"), np.load(folder / "offsets.npy", mmap_mode="r"), Path(folder))
 
 
 def tokenizer_key(tokenizer) -> str:
@@ -72,33 +75,86 @@ def _tokenize_texts(tokenizer, texts: Iterable[str], max_length: int, batch: int
         yield from flush()
 
 
-def _write(folder: Path, seqs: Iterator[list[int]]) -> None:
-    offsets = [0]
-    chunks: list[np.ndarray] = []
-    for s in seqs:
-        chunks.append(np.asarray(s, dtype=np.int32))
-        offsets.append(offsets[-1] + len(s))
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-    np.save(folder / "tokens.npy", tokens)
-    np.save(folder / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+@dataclass(frozen=True)
+class TokenizeShard:
+    """Tokenize items ``[start, stop)`` of the ``TextStore`` at ``source`` into ``out``."""
+
+    source: str
+    model: str
+    max_length: int
+    start: int
+    stop: int
+    out: str
 
 
-def doc_tokens(root: Path, corpus, tokenizer, max_length: int) -> TokenStore:
-    """Tokenized documents of ``corpus`` in index order (cached)."""
-    key = {"corpus": corpus.key, "tokenizer": tokenizer_key(tokenizer), "max_length": max_length}
+def tokenize_shard(job: TokenizeShard) -> int:
+    from ..models import load_tokenizer
+
+    store = TextStore.load(Path(job.source))
+    tok = load_tokenizer(job.model)
+    lengths, chunks = [], []
+    step = 8192
+    for a in range(job.start, job.stop, step):
+        for s in _tokenize_texts(tok, store.texts(a, min(a + step, job.stop)), job.max_length):
+            chunks.append(np.asarray(s, dtype=np.int32))
+            lengths.append(len(s))
+    out = Path(job.out)
+    np.save(out.with_suffix(".tokens.npy"), np.concatenate(chunks) if chunks else np.zeros(0, np.int32))
+    np.save(out.with_suffix(".lengths.npy"), np.asarray(lengths, dtype=np.int64))
+    return job.stop - job.start
+
+
+def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(0, size), (size, 2 size), …]`` covering ``[0, n)``; one empty range for n = 0."""
+    size = max(1, int(size))
+    return [(a, min(a + size, n)) for a in range(0, n, size)] or [(0, 0)]
+
+
+def merge_token_parts(parts: list[Path], folder: Path) -> None:
+    """Concatenate shard parts (in order) into ``tokens.npy`` + ``offsets.npy``, streaming."""
+    lengths = np.concatenate([np.load(p.with_suffix(".lengths.npy")) for p in parts])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.lib.format.open_memmap(folder / "tokens.npy", mode="w+", dtype=np.int32, shape=(int(offsets[-1]),))
+    pos = 0
+    for p in parts:
+        t = np.load(p.with_suffix(".tokens.npy"), mmap_mode="r")
+        tokens[pos : pos + len(t)] = t
+        pos += len(t)
+        p.with_suffix(".tokens.npy").unlink()
+        p.with_suffix(".lengths.npy").unlink()
+    tokens.flush()
+    del tokens
+    np.save(folder / "offsets.npy", offsets)
+
+
+def tokenize_store(root: Path, kind: str, store: TextStore, store_key: str, model: str, tokenizer, max_length: int,
+                   executor: Optional["Executor"] = None, shard_size: int = 250_000) -> TokenStore:
+    """Every text of ``store`` tokenized by ``model``'s tokenizer (cached stage ``kind``, built in shards)."""
+    from ..executor import LOCAL
+    from ..models import resolve_model
+
+    executor = executor or LOCAL
+    key = {"texts": store_key, "n": len(store), "tokenizer": tokenizer_key(tokenizer), "max_length": max_length}
 
     def build(tmp: Path) -> None:
-        _write(tmp, _tokenize_texts(tokenizer, (t for _, t in corpus.iter_docs()), max_length))
+        source = str(store.folder)
+        jobs = [TokenizeShard(source, resolve_model(model), max_length, a, b, str(tmp / f"part-{i:05d}"))
+                for i, (a, b) in enumerate(shard_ranges(len(store), shard_size))]
+        executor.map(tokenize_shard, jobs, cpus=1, label=f"{kind} ({len(jobs)} shards)")
+        merge_token_parts([Path(j.out) for j in jobs], tmp)
 
-    return TokenStore.load(stage(root, "doc_tokens", key, build))
+    return TokenStore.load(stage(root, kind, key, build))
 
 
-def query_tokens(root: Path, texts: list[str], tokenizer, max_length: int) -> TokenStore:
-    """Tokenized queries in the order given (cached by the texts' hash)."""
-    th = hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:20]
-    key = {"texts": th, "n": len(texts), "tokenizer": tokenizer_key(tokenizer), "max_length": max_length}
+def doc_tokens(root: Path, corpus, model: str, tokenizer, max_length: int, executor: Optional["Executor"] = None,
+               shard_size: int = 250_000) -> TokenStore:
+    """Tokenized documents of ``corpus`` in index order (cached, built in shards from the corpus store)."""
+    return tokenize_store(root, "doc_tokens", corpus.store(root, executor), corpus.key, model, tokenizer, max_length,
+                          executor, shard_size)
 
-    def build(tmp: Path) -> None:
-        _write(tmp, _tokenize_texts(tokenizer, texts, max_length))
 
-    return TokenStore.load(stage(root, "query_tokens", key, build))
+def query_tokens(root: Path, queries: "QuerySet", model: str, tokenizer, max_length: int,
+                 executor: Optional["Executor"] = None, shard_size: int = 250_000) -> TokenStore:
+    """Tokenized queries of a ``QuerySet`` in its order (cached)."""
+    return tokenize_store(root, "query_tokens", queries.store, queries.key, model, tokenizer, max_length, executor, shard_size)

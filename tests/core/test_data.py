@@ -1,23 +1,25 @@
-"""Data path on real collections: loading, splits, candidates cache, samplers, teacher stores, batching."""
+"""Data path on real collections: loading, stores, splits, BM25, candidates cache, samplers, teachers, batching."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import uuid
 
 import numpy as np
 import pytest
-import torch
 from conftest import TINY_BEIR
 
 from ranksweep.core.config import SamplerConfig, TeacherConfig
 from ranksweep.core.data import cache as cache_mod
 from ranksweep.core.data.batching import SpecialTokens, padding_efficiency, pair_chunks, plan_chunks, single_chunks
+from ranksweep.core.data.bm25 import BM25Searcher, analyzer, bm25_candidates, bm25_index
 from ranksweep.core.data.cache import cache_root
-from ranksweep.core.data.candidates import bm25_candidates
-from ranksweep.core.data.collections import DatasetError, load_collection, split_train_dev
-from ranksweep.core.data.samplers import SAMPLERS, SamplingPools, mix_negatives, random_pools, rrf
+from ranksweep.core.data.collections import DatasetError, load_collection, query_set, split_train_dev
+from ranksweep.core.data.samplers import SAMPLERS, SamplingPools, mix_negatives, random_pools, rrf, teacher_order, without
+from ranksweep.core.data.store import Ragged, TextStore
+from ranksweep.core.data.synthetic import write_synthetic_beir
 from ranksweep.core.teachers import ScoringContext, TeacherError, read_teacher_file, teacher_scores
 
 
@@ -43,7 +45,7 @@ def test_unknown_dataset_id_is_named():
 
 def test_local_beir_folder():
     col = load_collection(f"local:{TINY_BEIR}:test")
-    assert col.corpus.count == 8 and col.corpus.doc_ids[0] == "d1"
+    assert col.corpus.count == 8 and col.corpus.store().id(0) == "d1"
     assert col.qrels["q3"] == {"d6": 2}
     assert col.name == "tiny_beir-test"
     assert next(col.corpus.iter_docs())[1].startswith("Cats Cats are")
@@ -60,57 +62,125 @@ def test_split_is_seeded_disjoint_and_covers_judged(scifact):
     assert split_train_dev(scifact, 0.1, seed=1).dev != a.dev
 
 
+def test_text_store_round_trip_and_id_lookup(tmp_path):
+    items = [("z9", "Zebra"), ("a1", "ünïcode text"), ("m5", ""), ("b22", "two words")]
+    assert TextStore.write(tmp_path / "s", iter(items)) == 4
+    st = TextStore.load(tmp_path / "s")
+    assert [st.id(i) for i in range(4)] == ["z9", "a1", "m5", "b22"]
+    assert st.texts(0, 4) == [t for _, t in items] and st.text(1) == "ünïcode text"
+    assert st.index_of(["b22", "nope", "z9", "a1", "z9-longer-than-the-width"]).tolist() == [3, -1, 0, 1, -1]
+    assert st.ids_of([2, 0]) == ["m5", "z9"]
+    with pytest.raises(ValueError, match="duplicate id 'x'"):
+        TextStore.write(tmp_path / "dup", iter([("x", "a"), ("y", "b"), ("x", "c")]))
+
+
+def test_local_corpus_key_is_read_once_then_memoised_by_stat(tmp_path, monkeypatch):
+    import ranksweep.core.data.collections as collections
+
+    folder = tmp_path / "beir"
+    shutil.copytree(TINY_BEIR, folder)
+    first = load_collection(f"local:{folder}:test").corpus
+    reads = []
+    real = collections._read_jsonl
+    monkeypatch.setattr(collections, "_read_jsonl", lambda path: (reads.append(path.name), real(path))[1])
+    again = load_collection(f"local:{folder}:test").corpus
+    assert (again.key, again.count) == (first.key, first.count) and "corpus.jsonl" not in reads
+    # a changed file is a new version: read again, new key
+    with (folder / "corpus.jsonl").open("a") as f:
+        f.write(json.dumps({"_id": "d99", "title": "", "text": "new"}) + "\n")
+    changed = load_collection(f"local:{folder}:test").corpus
+    assert "corpus.jsonl" in reads and changed.count == first.count + 1 and changed.key != first.key
+
+
 def test_candidates_are_cached_by_content(scifact, monkeypatch):
     root = cache_root()
     qids = list(scifact.queries)[:5]
-    texts = [scifact.queries[q] for q in qids]
-    first = bm25_candidates(root, scifact.corpus, qids, texts, 10)
+    first = bm25_candidates(root, scifact.corpus, query_set(scifact.queries, qids, root), 10)
     builds = []
     real = cache_mod.stage
 
     def spy(root, kind, key, build):
         return real(root, kind, key, lambda tmp: (builds.append(kind), build(tmp)))
 
-    import ranksweep.core.data.candidates as cand_mod
+    import ranksweep.core.data.bm25 as bm25_mod
 
-    monkeypatch.setattr(cand_mod, "stage", spy)
-    again = bm25_candidates(root, scifact.corpus, qids, texts, 10)
+    monkeypatch.setattr(bm25_mod, "stage", spy)
+    again = bm25_candidates(root, scifact.corpus, query_set(scifact.queries, qids, root), 10)
     assert builds == [] and np.array_equal(first.doc_idx, again.doc_idx)
     fresh = f"protein folding {uuid.uuid4().hex}"  # a new text: its key was never built before
-    other = bm25_candidates(root, scifact.corpus, qids, texts[:4] + [fresh], 10)
+    other_q = dict(scifact.queries, **{qids[4]: fresh})
+    other = bm25_candidates(root, scifact.corpus, query_set(other_q, qids, root), 10)
     assert builds == ["bm25_candidates"] and not np.array_equal(other.doc_idx[4], first.doc_idx[4])
+    assert np.array_equal(other.doc_idx[:4], first.doc_idx[:4])
+
+
+def test_bm25_analyzer_matches_the_earlier_tokenizer():
+    # the pattern (?u)\b\w\w+\b, lowercased, Lucene's 33 English stopwords: what bm25s did
+    assert analyzer().analyze("The Ünïcode naïve CAFÉ x 12 a1 don't e-mail of such") == ["ünïcode", "naïve", "café", "12", "a1", "don", "mail"]
+
+
+def test_bm25_pair_scores_equal_retrieval_scores_and_ties_follow_doc_index(tmp_path):
+    col = load_collection(f"local:{write_synthetic_beir(tmp_path / 'syn', 3000, seed=3)}:train")
+    root = cache_root()
+    index = BM25Searcher(bm25_index(root, col.corpus))
+    qids = list(col.queries)[:40]
+    texts = [col.queries[q] for q in qids] + ["the of and", ""]  # only stopwords; empty
+    idx, sc = index.search(texts, 50, threads=2)
+    assert (idx[-2:] == -1).all() and (sc[-2:] == 0).all()
+    for i in range(len(qids)):
+        keep = idx[i] >= 0
+        d, s = idx[i][keep], sc[i][keep]
+        # best first, equal scores by ascending document index
+        assert all((s[j] > s[j + 1]) or (s[j] == s[j + 1] and d[j] < d[j + 1]) for j in range(len(d) - 1))
+        # the same pairs scored directly, plus documents sharing no term with the query (score 0)
+        far = np.setdiff1d(np.arange(0, 3000, 37), d)[:20]
+        pool = np.concatenate([d[::-1], far])
+        got = index.scores_for(texts[i], pool)
+        assert np.allclose(got[: len(d)], s[::-1], rtol=1e-6)
+        hit = set(d.tolist())
+        assert all(got[len(d) + j] <= s[-1] + 1e-6 or int(x) in hit for j, x in enumerate(far))
+    # one query's relevant passage is its best hit most of the time (queries are drawn from it)
+    store = col.corpus.store(root)
+    top1 = store.ids_of(idx[: len(qids), 0])
+    assert np.mean([col.qrels[q].get(t, 0) > 0 for q, t in zip(qids, top1)]) > 0.6
 
 
 def _pools(n_docs=200, n_q=6, seed=0):
     rng = np.random.default_rng(seed)
-    qids = [f"q{i}" for i in range(n_q)]
-    positives = {q: np.array([i]) for i, q in enumerate(qids)}
-    relevant = {q: {i} for i, q in enumerate(qids)}
-    bm25 = {q: rng.permutation(n_docs)[:40] for q in qids}
-    dense = {q: rng.permutation(n_docs)[:40] for q in qids}
-    rand = random_pools(qids, relevant, n_docs, 50, seed=3)
-    return qids, SamplingPools(positives, bm25, rand, dense, relevant)
+    positives = Ragged.from_rows([np.array([i]) for i in range(n_q)])
+    bm25 = without([rng.permutation(n_docs)[:40] for _ in range(n_q)], positives)
+    dense = without([rng.permutation(n_docs)[:40] for _ in range(n_q)], positives)
+    rand = random_pools(positives, n_docs, 50, seed=3)
+    return np.arange(n_q), SamplingPools(positives, bm25, rand, dense)
+
+
+def test_random_pools_are_seeded_uniform_and_exclude_relevant():
+    positives = Ragged.from_rows([np.array([0, 5]), np.array([7]), np.array([], dtype=np.int64)])
+    a, b = random_pools(positives, 1000, 60, seed=1), random_pools(positives, 1000, 60, seed=1)
+    assert np.array_equal(a.values, b.values) and (a.lengths() == 60).all()
+    for i in range(3):
+        r = a.row(i)
+        assert (np.diff(r) > 0).all() and not np.isin(r, positives.row(i)).any()
+    assert not np.array_equal(random_pools(positives, 1000, 60, seed=2).values, a.values)
 
 
 @pytest.mark.parametrize("name", ["random", "bm25", "dense", "ensemble"])
 def test_samplers_deterministic_positive_first_no_relevant_negatives(name):
-    qids, pools = _pools()
+    rows, pools = _pools()
     cfg = SamplerConfig(name=name, depth=(5, 25))
     s = SAMPLERS[name](cfg, pools)
-    a = s.sample(qids, 8, np.random.default_rng(42))
-    b = SAMPLERS[name](cfg, pools).sample(qids, 8, np.random.default_rng(42))
+    a = s.sample(rows, 8, np.random.default_rng(42))
+    b = SAMPLERS[name](cfg, pools).sample(rows, 8, np.random.default_rng(42))
     assert np.array_equal(a, b)
     assert a.shape == (6, 8)
-    for r, q in enumerate(qids):
-        assert a[r, 0] in pools.positives[q]
-        assert not set(a[r, 1:]) & pools.relevant[q]
+    for r in rows:
+        assert a[r, 0] in pools.positives.row(r)
+        assert not set(a[r, 1:]) & set(pools.positives.row(r).tolist())
         assert len(set(a[r])) == 8
-        allowed = set(s.window(q))
-        assert set(a[r, 1:]) <= allowed
+        assert set(a[r, 1:]) <= set(s.window(r).tolist())
     if name == "bm25":
-        for r, q in enumerate(qids):
-            ranked = [d for d in pools.bm25[q] if d not in pools.relevant[q]]
-            assert set(a[r, 1:]) <= set(ranked[5:25])
+        for r in rows:
+            assert set(a[r, 1:]) <= set(pools.bm25.row(r)[5:25].tolist())
 
 
 def test_rrf_by_hand():
@@ -120,34 +190,37 @@ def test_rrf_by_hand():
 
 
 def test_teacher_sampler_hardest_first_with_skip():
-    qids, pools = _pools()
+    rows, pools = _pools()
 
     class Fake:
-        def lookup(self, q, docs):
+        def lookup(self, rows, docs):
             return -docs.astype(np.float32)  # lower index = higher score
 
-    s = SAMPLERS["teacher"](SamplerConfig(name="teacher", skip_top=2), pools, Fake())
-    g = s.sample(qids[:1], 4, np.random.default_rng(0))
-    expected = sorted(d for d in pools.bm25["q0"] if d not in pools.relevant["q0"])[2:5]
+    pools.teacher = teacher_order(pools.bm25, Fake())
+    s = SAMPLERS["teacher"](SamplerConfig(name="teacher", skip_top=2), pools)
+    g = s.sample(rows[:1], 4, np.random.default_rng(0))
+    expected = sorted(pools.bm25.row(0).tolist())[2:5]
     assert g[0, 1:].tolist() == expected
 
 
 def test_negatives_mix_replaces_the_fraction():
-    qids, pools = _pools()
+    rows, pools = _pools()
     s = SAMPLERS["bm25"](SamplerConfig(name="bm25"), pools)
-    g = s.sample(qids, 9, np.random.default_rng(0))
-    m = mix_negatives(g, 0.5, pools, qids, np.random.default_rng(1))
+    g = s.sample(rows, 9, np.random.default_rng(0))
+    m = mix_negatives(g, 0.5, pools, rows, np.random.default_rng(1))
     assert (m[:, 0] == g[:, 0]).all()
-    for r, q in enumerate(qids):
+    for r in rows:
         replaced = set(m[r, 1:]) - set(g[r, 1:])
-        assert len(replaced) == 4 and replaced <= set(pools.random[q])
+        assert len(replaced) == 4 and replaced <= set(pools.random.row(r).tolist())
         assert len(set(m[r])) == 9
 
 
 def test_teacher_file_json_and_trec_with_missing_pairs(tmp_path, scifact):
+    root = cache_root()
     qids = ["0", "2"]  # scifact train query ids
-    ids = scifact.corpus.doc_ids
-    pools = {"bm25": [np.array([0, 1, 2]), np.array([3, 4])]}
+    queries = query_set(scifact.queries, qids, root)
+    ids = scifact.corpus.store(root).ids_of(range(5))
+    pools = {"bm25": Ragged.from_rows([np.array([0, 1, 2]), np.array([3, 4])])}
     scores = {"0": {ids[0]: 1.0, ids[1]: 2.0, ids[2]: 3.0}, "2": {ids[3]: 0.5}}  # (2, ids[4]) missing
     js = tmp_path / "teacher.json.gz"
     with gzip.open(js, "wt") as f:
@@ -155,31 +228,33 @@ def test_teacher_file_json_and_trec_with_missing_pairs(tmp_path, scifact):
     trec = tmp_path / "teacher.run"
     trec.write_text("".join(f"{q} Q0 {d} 1 {s} t\n" for q, ds in scores.items() for d, s in ds.items()))
     assert read_teacher_file(js) == read_teacher_file(trec) == scores
-    ctx = ScoringContext(cache_root(), torch.device("cpu"), 32, 128)
+    ctx = ScoringContext(root, 32, 128)
     for path in (js, trec):
-        with pytest.raises(TeacherError, match=r"lacks 1 of 5 \(query, doc\) pairs.*on_missing: drop"):
-            teacher_scores(TeacherConfig(kind="file", path=str(path)), ctx, scifact, qids, pools)
-        ts = teacher_scores(TeacherConfig(kind="file", path=str(path), on_missing="drop"), ctx, scifact, qids, pools)
-        got = ts.lookup(qids, np.array([[2, 0], [3, 4]]))
+        with pytest.raises(TeacherError, match=rf"lacks 1 of 5 \(query, doc\) pairs.*\('2', '{ids[4]}'\).*on_missing: drop"):
+            teacher_scores(TeacherConfig(kind="file", path=str(path)), ctx, scifact.corpus, queries, pools)
+        ts = teacher_scores(TeacherConfig(kind="file", path=str(path), on_missing="drop"), ctx, scifact.corpus, queries, pools)
+        got = ts.lookup([0, 1], np.array([[2, 0], [3, 4]]))
         assert got[0].tolist() == [3.0, 1.0] and got[1, 0] == 0.5 and np.isnan(got[1, 1])
-        assert ts.scored("2").tolist() == [3]
+        assert ts.scored(1).tolist() == [3]
 
 
 def test_ensemble_teacher_is_weighted_sum_of_per_query_z_scores(scifact):
-    qids = list(scifact.queries)[:4]
     root = cache_root()
-    cand = bm25_candidates(root, scifact.corpus, qids, [scifact.queries[q] for q in qids], 20)
-    pools = {"bm25": [cand.ranked(q) for q in qids]}
-    ctx = ScoringContext(root, torch.device("cpu"), 32, 128)
-    bm25 = teacher_scores(TeacherConfig(kind="bm25"), ctx, scifact, qids, pools)
-    ens = teacher_scores(TeacherConfig(kind="ensemble", members=(TeacherConfig(kind="bm25", weight=2.0),)), ctx, scifact, qids, pools)
-    for q in qids:
-        docs = np.unique(cand.ranked(q))[None, :]
-        raw = bm25.lookup([q], docs)[0].astype(np.float64)
+    qids = list(scifact.queries)[:4]
+    queries = query_set(scifact.queries, qids, root)
+    cand = bm25_candidates(root, scifact.corpus, queries, 20)
+    pools = {"bm25": Ragged.from_rows([cand.ranked(i) for i in range(4)])}
+    ctx = ScoringContext(root, 32, 128)
+    bm25 = teacher_scores(TeacherConfig(kind="bm25"), ctx, scifact.corpus, queries, pools)
+    ens = teacher_scores(TeacherConfig(kind="ensemble", members=(TeacherConfig(kind="bm25", weight=2.0),)), ctx, scifact.corpus,
+                         queries, pools)
+    for i in range(4):
+        docs = np.unique(cand.ranked(i))[None, :]
+        raw = bm25.lookup([i], docs)[0].astype(np.float64)
         z = 2.0 * (raw - raw.mean()) / raw.std()
-        assert np.allclose(ens.lookup([q], docs)[0], z, atol=1e-5)
+        assert np.allclose(ens.lookup([i], docs)[0], z, atol=1e-5)
         # BM25 teacher scores equal the BM25 retrieval scores of the same pairs
-        row = dict(zip(cand.ranked(q).tolist(), cand.scores[cand.row(q)][: len(cand.ranked(q))].tolist()))
+        row = dict(zip(cand.ranked(i).tolist(), cand.ranked_scores(i).tolist()))
         assert np.allclose(raw, [row[d] for d in docs[0]], rtol=1e-5)
 
 

@@ -91,14 +91,14 @@ def test_project_ndcg_equals_pytrec_eval_on_its_run_file(tmp_path):
     """The run file written by the project, read back and scored by pytrec_eval directly."""
     import pytrec_eval
 
+    from ranksweep.core.data.bm25 import bm25_candidates
     from ranksweep.core.data.cache import cache_root
-    from ranksweep.core.data.candidates import bm25_candidates
-    from ranksweep.core.data.collections import load_collection
+    from ranksweep.core.data.collections import load_collection, query_set
 
     col = load_collection("beir/scifact/test")
     qids = col.judged_queries()
-    cand = bm25_candidates(cache_root(), col.corpus, qids, [col.queries[q] for q in qids], 100)
-    path = write_trec_run(tmp_path / "bm25.run", cand.to_run(col.corpus))
+    cand = bm25_candidates(cache_root(), col.corpus, query_set(col.queries, qids), 100)
+    path = write_trec_run(tmp_path / "bm25.run", cand.to_run(col.corpus.store(), np.arange(len(qids)), qids))
     run = read_trec_run(path)
     ours, per_query = evaluate(run, col.qrels, ["nDCG@10", "RR@10", "R@100"])
     ev = pytrec_eval.RelevanceEvaluator({q: col.qrels[q] for q in qids}, {"ndcg_cut.10", "recip_rank", "recall.100"})
@@ -107,6 +107,8 @@ def test_project_ndcg_equals_pytrec_eval_on_its_run_file(tmp_path):
         assert per_query[q]["nDCG@10"] == pytest.approx(ref[q]["ndcg_cut_10"], abs=1e-9)
         assert per_query[q]["R@100"] == pytest.approx(ref[q]["recall_100"], abs=1e-9)
     assert ours["nDCG@10"] == pytest.approx(np.mean([ref[q]["ndcg_cut_10"] for q in qids]), abs=1e-9)
-    # the BM25 reference number of this collection (shared/README: 0.662 / 0.631 / 0.876)
-    assert ours["nDCG@10"] == pytest.approx(0.662, abs=0.002)
-    assert ours["R@100"] == pytest.approx(0.876, abs=0.002)
+    # the BM25 reference numbers of this collection (shared/README: 0.662 / 0.631 / 0.876, measured with
+    # bm25s); tantivy's BM25 (k1 = 1.2, one-byte length norms) gives 0.661 / 0.629 / 0.873
+    assert ours["nDCG@10"] == pytest.approx(0.662, abs=0.01)
+    assert ours["RR@10"] == pytest.approx(0.631, abs=0.01)
+    assert ours["R@100"] == pytest.approx(0.876, abs=0.01)

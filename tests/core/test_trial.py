@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -52,7 +53,7 @@ def test_trial_trains_exactly_the_budget_and_reports(tmp_path, tiny_model):
     # the per-query teacher entropy: the BM25 teacher's softmax over each query's BM25 top-G, from the candidates
     es = prepare(cfg).evals[0]
     for qid, *_, h in rows[1:]:
-        i = es.bm25.row(qid)
+        i = es.rows[es.qids.index(qid)]
         p = scipy.special.softmax(es.bm25.scores[i, :cfg.group_size].astype(np.float64) / cfg.temperature)
         assert float(h) == pytest.approx(scipy.stats.entropy(p), abs=1e-5)
 
@@ -83,7 +84,7 @@ def test_samplers_and_augmentations_run(tmp_path, tiny_model, sampler):
     cfg = _cfg(tmp_path, tiny_model, sampler=sampler, budget_docs=32,
                augment={"negatives_mix": 0.5, "in_batch": True, "entropy_band": [0.0, 0.5]})
     t = Trial(cfg)
-    assert len(t.train_qids) == pytest.approx(len([q for q in t.p.split.train if q in t.p.pools.positives]) / 2, abs=2)
+    assert len(t.train_rows) == pytest.approx(len(t.p.train_rows) / 2, abs=2)
     final = t.run()
     assert np.isfinite(final["train/in_batch_lce"])
 
@@ -103,11 +104,46 @@ def test_entropy_band_selects_low_and_high_entropy_queries(tmp_path, tiny_model)
     ent = {}
     for band in ([0.0, 0.25], [0.75, 1.0]):
         t = Trial(_cfg(tmp_path, tiny_model, augment={"entropy_band": band}))
-        g = t.sampler.sample(t.train_qids, t.cfg.group_size, np.random.default_rng(0))
-        ent[band[0]] = listwise_entropy(torch.from_numpy(t.p.teacher.lookup(t.train_qids, g)), 1.0).mean().item()
-        n_all = len([q for q in t.p.split.train if q in t.p.pools.positives])
-        assert abs(len(t.train_qids) - 0.25 * n_all) <= 2
+        g = t.sampler.sample(t.train_rows, t.cfg.group_size, np.random.default_rng(0))
+        ent[band[0]] = listwise_entropy(torch.from_numpy(t.p.teacher.lookup(t.train_rows, g)), 1.0).mean().item()
+        assert abs(len(t.train_rows) - 0.25 * len(t.p.train_rows)) <= 2
     assert ent[0.0] < ent[0.75]
+
+
+def test_a_trial_given_prepared_data_opens_it_and_builds_nothing(tmp_path, tiny_model, monkeypatch):
+    from ranksweep.core import NotPrepared
+    from ranksweep.core.data import cache
+
+    cfg = _cfg(tmp_path, tiny_model)
+    folder = prepare(cfg).folder
+    built = []
+    real = cache.stage
+
+    def spy(root, kind, key, build):
+        return real(root, kind, key, lambda tmp: (built.append(kind), build(tmp)))
+
+    for mod in ("ranksweep.core.data.cache", "ranksweep.core.preparation", "ranksweep.core.data.bm25", "ranksweep.core.data.tokens"):
+        monkeypatch.setattr(f"{mod}.stage", spy)
+    t = Trial(cfg, folder)
+    t.train_until(16)
+    assert built == [] and t.docs_seen == 16
+    # what the preparation lacks is named, and nothing is built to make up for it
+    with pytest.raises(NotPrepared, match=r"sampler 'random' needs candidate component\(s\) \['random'\]"):
+        Trial(cfg.replace(**{"sampler.name": "random"}), folder)
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other_vocab"  # the tiny model with one more word in its vocabulary
+    shutil.copytree(tiny_model, other)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.add_tokens(["ranksweepium"])
+    tok.save_pretrained(other)
+    with pytest.raises(NotPrepared, match="no tokens were prepared for the student tokenizer"):
+        Trial(cfg.replace(**{"student.model": str(other)}), folder)
+    with pytest.raises(NotPrepared, match="no document tokens of corpus .* at max length 40"):
+        Trial(cfg.replace(**{"data.max_doc_length": 40}), folder)
+    with pytest.raises(NotPrepared, match="another teacher"):
+        Trial(cfg.replace(**{"teacher.kind": "ensemble", "teacher.members": [{"kind": "bm25", "weight": 2.0}]}), folder)
+    assert built == []
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_finished_evaluations(tmp_path, tiny_model):

@@ -1,0 +1,427 @@
+"""Shared preparation: everything trials of one data configuration read, built once, opened in O(1).
+
+``prepare(cfg, …)`` builds (or finds) the data of a trial configuration, widened to every sampler
+and student of a sweep, and returns a ``Prepared``. The expensive work is a set of cached stages,
+each fanned out through an executor (``LocalExecutor`` here; Ray tasks in a sweep):
+
+====================  =======================================================  ==============
+stage                 work                                                     shards
+====================  =======================================================  ==============
+corpus                the corpus read once into a memory-mapped ``TextStore``  1 task
+bm25_index            tantivy index of the corpus                              1 task, threads
+bm25_candidates       BM25 top-k of every query (block-max WAND)               query ranges
+doc/query_tokens      every student's and neural teacher's tokenizer           doc ranges
+doc/query_embeddings  bi-encoder embeddings (dense candidates, bi teacher)     GPU tasks
+dense_candidates      exact inner-product top-k per document range, merged     doc ranges
+teacher_raw           teacher scores of exactly the pairs samplers can emit    pair/query ranges
+====================  =======================================================  ==============
+
+Then the small, per-query assembly (positives, random pools, negative lists without judged
+documents, the teacher's order of the BM25 pool, evaluation pools and the reference metrics of
+BM25 and the teacher) is written into one ``prepared`` stage with a ``manifest.json``. A trial
+opens that folder: memory maps and a few kilobytes of JSON, nothing that grows with the corpus.
+
+The ``prepared`` stage is addressed by what the configuration says and by cheap fingerprints of
+the inputs (dataset ids, local files' stat, teacher files' memoised digests), so finding it again
+reads no collection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .config import TrialConfig
+from .data.bm25 import bm25_candidates, bm25_index
+from .data.cache import cache_root, key_hash, stage
+from .data.candidates import Candidates, EncoderSpec, dense_candidates
+from .data.collections import Collection, QuerySet, _parse_local, file_stat_key, load_collection, query_set, sample_queries, split_train_dev
+from .data.samplers import SAMPLERS, SamplingPools, random_pools, teacher_order, without
+from .data.store import Ragged, TextStore
+from .data.tokens import TokenStore, doc_tokens, query_tokens, tokenizer_key
+from .executor import LOCAL, Executor
+from .metrics import evaluate
+from .teachers import ScoreTable, ScoringContext, TeacherError, TeacherScores, rerank_run, teacher_key, teacher_scores
+
+logger = logging.getLogger(__name__)
+
+#: bump when the layout of the ``prepared`` stage changes
+LAYOUT = 2
+
+
+class NotPrepared(RuntimeError):
+    """A trial needs shared data that its preparation did not build (the message says what)."""
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Resources and shard sizes of preparation tasks (sized for MS MARCO by default)."""
+
+    cpus: int = 1  # CPUs of one CPU task: BM25 index and retrieval threads, neural work without GPUs
+    gpus: float = 0  # GPUs of one neural task (embeddings, cross-encoder scoring); 0 runs them on CPUs
+    shard_docs: int = 500_000  # documents per tokenizing / embedding / dense-search task
+    shard_queries: int = 50_000  # queries per BM25 retrieval / pair-scoring task
+    shard_pairs: int = 2_000_000  # (query, document) pairs per neural teacher task
+
+
+def components_of(samplers: Iterable[str], negatives_mix: bool) -> set[str]:
+    """Candidate components whose teacher scores the samplers (and negatives mixing) need."""
+    comps = {"bm25"}
+    for s in samplers:
+        comps |= set(SAMPLERS[s].components)
+    if negatives_mix:
+        comps.add("random")
+    return comps
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trial opens
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalSet:
+    """An evaluation query set: its queries, judgements, BM25 pools and teacher scores.
+
+    ``rows[j]`` is the row of query ``qids[j]`` in ``bm25`` and ``teacher`` (the dev set shares
+    the training queries' tables; every other set has its own).
+    """
+
+    name: str
+    qids: list[str]
+    qrels: dict[str, dict[str, int]]
+    rows: np.ndarray
+    bm25: Candidates
+    docs: TextStore  # the corpus (document ids)
+    corpus_key: str
+    teacher: Optional[TeacherScores] = None
+
+    def pools(self, depth: int) -> list[np.ndarray]:
+        """The BM25 top-``depth`` of each query, in ``qids`` order."""
+        return [self.bm25.ranked(int(r))[:depth] for r in self.rows]
+
+
+@dataclass
+class Prepared:
+    """Everything trials of one data configuration share, opened from a ``prepared`` stage folder."""
+
+    folder: Path
+    root: Path
+    manifest: dict
+    docs: TextStore
+    queries: QuerySet  # training queries, then dev queries
+    train_rows: np.ndarray  # rows of the training queries that have a (teacher-scored) positive
+    pools: SamplingPools
+    teacher: Optional[TeacherScores]
+    dev: EvalSet
+    evals: list[EvalSet]
+    reference_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def corpus_key(self) -> str:
+        return self.manifest["corpus"]["key"]
+
+    @property
+    def components(self) -> set[str]:
+        return set(self.manifest["components"])
+
+    def _stage(self, rel: str) -> Path:
+        return self.root / rel
+
+    def check(self, cfg: TrialConfig) -> None:
+        """Raise ``NotPrepared`` unless everything ``cfg`` trains and evaluates with was prepared."""
+        need = components_of([cfg.sampler.name], cfg.augment.negatives_mix > 0)
+        missing = sorted(need - self.components)
+        if missing:
+            raise NotPrepared(f"sampler {cfg.sampler.name!r} needs candidate component(s) {missing} that were not prepared "
+                              f"(prepared: {sorted(self.components)}); prepare with every sampler of the sweep")
+        if cfg.sampler.name == "teacher" and self.pools.teacher is None:
+            raise NotPrepared("sampler 'teacher' needs the teacher's order of the BM25 pool, which was not prepared")
+        if key_hash(teacher_key(cfg.teacher, self.root)) != self.manifest["teacher"]:
+            raise NotPrepared("this preparation was made for another teacher than the trial's")
+
+    def token_stores(self, tokenizer) -> tuple[str, dict]:
+        tk = tokenizer_key(tokenizer)
+        entry = self.manifest["tokens"].get(tk)
+        if entry is None:
+            raise NotPrepared(f"no tokens were prepared for the student tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} "
+                              f"(key {tk}); prepare with every student model of the sweep")
+        return tk, entry
+
+    def doc_tokens(self, tokenizer, corpus_key: str, max_length: int) -> TokenStore:
+        _, entry = self.token_stores(tokenizer)
+        rel = entry["docs"].get(f"{corpus_key}:{max_length}")
+        if rel is None:
+            raise NotPrepared(f"no document tokens of corpus {corpus_key} at max length {max_length} were prepared")
+        return TokenStore.load(self._stage(rel))
+
+    def query_tokens(self, tokenizer, set_name: str, max_length: int) -> TokenStore:
+        _, entry = self.token_stores(tokenizer)
+        rel = entry["queries"].get(f"{set_name}:{max_length}")
+        if rel is None:
+            raise NotPrepared(f"no query tokens of {set_name!r} at max length {max_length} were prepared")
+        return TokenStore.load(self._stage(rel))
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "Prepared":
+        """Open a ``prepared`` stage: memory maps and JSON only (no collection is read)."""
+        folder = Path(folder)
+        if not (folder / "manifest.json").exists():
+            raise NotPrepared(f"no prepared data at {folder} (manifest.json missing)")
+        m = json.loads((folder / "manifest.json").read_text())
+        root = folder.parents[1]
+        docs = TextStore.load(root / m["corpus"]["store"])
+        queries = QuerySet(m["queries"]["key"], TextStore.load(root / m["queries"]["store"]))
+        teacher = _open_teacher(root, m["teacher_tables"]) if m["teacher_tables"] else None
+        bm25 = Candidates.load(root / m["bm25"])
+        dev_q = json.loads((folder / "dev.json").read_text())
+        n_train = m["queries"]["n_train"]
+        dev = EvalSet("dev", dev_q["qids"], dev_q["qrels"], np.arange(n_train, n_train + len(dev_q["qids"])), bm25, docs,
+                      m["corpus"]["key"], teacher)
+        evals = []
+        for e in m["evals"]:
+            info = json.loads((folder / f"eval-{e['name']}.json").read_text())
+            evals.append(EvalSet(e["name"], info["qids"], info["qrels"], np.arange(len(info["qids"])), Candidates.load(root / e["bm25"]),
+                                 TextStore.load(root / e["corpus_store"]), e["corpus_key"],
+                                 _open_teacher(root, e["teacher_tables"]) if e["teacher_tables"] else None))
+        return cls(folder, root, m, docs, queries, np.load(folder / "train_rows.npy"), SamplingPools.load(folder / "pools"),
+                   teacher, dev, evals, json.loads((folder / "reference_metrics.json").read_text()))
+
+
+def _open_teacher(root: Path, tables: dict[str, str]) -> TeacherScores:
+    return TeacherScores({name: ScoreTable.load(root / rel) for name, rel in tables.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_fingerprint(dataset_id: str) -> str:
+    """A cheap identity of a dataset's version: the id, plus the stat of a local folder's files."""
+    if not dataset_id.startswith("local:"):
+        return dataset_id
+    folder, split = _parse_local(dataset_id)
+    files = [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"]
+    return dataset_id + "|" + "|".join(file_stat_key(f) if f.exists() else "missing" for f in files)
+
+
+def _rel(root: Path, p: Path) -> str:
+    return str(Path(p).resolve().relative_to(root))
+
+
+def positives_of(col: Collection, qids: Sequence[str], docs: TextStore) -> Ragged:
+    """Judged relevant documents (relevance > 0) of each query, as sorted document indices."""
+    pairs = [(i, d) for i, q in enumerate(qids) for d, r in col.qrels.get(q, {}).items() if r > 0]
+    idx = docs.index_of([d for _, d in pairs])
+    rows: list[list[int]] = [[] for _ in qids]
+    for (i, _), x in zip(pairs, idx.tolist()):
+        if x >= 0:
+            rows[i].append(x)
+    return Ragged.from_rows([np.unique(np.asarray(r, dtype=np.int64)) for r in rows])
+
+
+def _restrict_to_scored(pools: SamplingPools, teacher: TeacherScores, comps: set[str]) -> tuple[SamplingPools, np.ndarray]:
+    """Drop documents without a teacher score (an imported teacher with ``on_missing: drop``).
+
+    Returns the pools and the training rows that still have a scored positive.
+    """
+    rows = {name: [] for name in ("positives", "bm25", "random", "dense")}
+    for i in range(len(pools)):
+        scored = teacher.scored(i)
+        ok = lambda a: a[np.isin(a, scored)]  # noqa: E731
+        rows["positives"].append(ok(pools.positives.row(i)))
+        rows["bm25"].append(ok(pools.bm25.row(i)))
+        rows["random"].append(ok(pools.random.row(i)) if "random" in comps else pools.random.row(i))
+        if pools.dense is not None:
+            rows["dense"].append(ok(pools.dense.row(i)) if "dense" in comps else pools.dense.row(i))
+    out = SamplingPools(Ragged.from_rows(rows["positives"]), Ragged.from_rows(rows["bm25"]), Ragged.from_rows(rows["random"]),
+                        Ragged.from_rows(rows["dense"]) if pools.dense is not None else None, pools.teacher)
+    keep = np.nonzero(out.positives.lengths() > 0)[0]
+    dropped = len(pools) - len(keep)
+    if dropped:
+        logger.warning("%d training queries dropped: the teacher scores none of their positives", dropped)
+    if not len(keep):
+        raise TeacherError("no training query has a teacher-scored positive; check the teacher file's query ids")
+    return out, keep
+
+
+def student_models(cfg: TrialConfig, students: Optional[Iterable[str]]) -> list[str]:
+    return sorted(set(students or ()) | {cfg.student.model})
+
+
+def prepare(
+    cfg: TrialConfig,
+    samplers: Optional[Iterable[str]] = None,
+    negatives_mix: Optional[bool] = None,
+    students: Optional[Iterable[str]] = None,
+    executor: Optional[Executor] = None,
+    options: Optional[PrepareOptions] = None,
+) -> Prepared:
+    """Build or find the shared data of ``cfg``: splits, candidates, pools, teacher scores, tokens, eval pools.
+
+    ``samplers``/``negatives_mix``/``students`` widen what is prepared beyond ``cfg`` (a sweep
+    passes every sampler and student model of its space so that one preparation serves all
+    trials). ``executor`` runs the sharded work (default: in this process); ``options`` gives
+    the tasks' resources and shard sizes.
+    """
+    root = cache_root(cfg.data.cache_dir)
+    executor = executor or LOCAL
+    options = options or PrepareOptions()
+    d = cfg.data
+    samplers = set(samplers or ()) | {cfg.sampler.name}
+    mix = bool(cfg.augment.negatives_mix > 0) if negatives_mix is None else negatives_mix
+    comps = components_of(samplers, mix)
+    if "dense" in comps and cfg.candidates.dense_depth <= 0:
+        raise ValueError(f"samplers {sorted(samplers)} need dense candidates but candidates.dense_depth is 0")
+    models = student_models(cfg, students)
+    from .models import load_tokenizer
+
+    tokenizers = {m: load_tokenizer(m) for m in models}
+    tkey = key_hash(teacher_key(cfg.teacher, root))
+    key = {
+        "layout": LAYOUT,
+        "train": dataset_fingerprint(d.train),
+        "evals": [dataset_fingerprint(x) for x in d.eval],
+        "data": {k: v for k, v in asdict(d).items() if k != "cache_dir"},
+        "candidates": asdict(cfg.candidates),
+        "teacher": tkey,
+        "components": sorted(comps),
+        "eval": {"dev_depth": cfg.eval.dev_depth, "depth": cfg.eval.depth, "measures": list(cfg.eval.measures),
+                 "selection": cfg.eval.selection, "batch_tokens": cfg.eval.batch_tokens},
+        "students": sorted(tokenizer_key(t) for t in tokenizers.values()),
+    }
+
+    def build(tmp: Path) -> None:
+        _build(cfg, root, tmp, comps, tokenizers, tkey, executor, options)
+
+    return Prepared.open(stage(root, "prepared", key, build))
+
+
+def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers: dict, tkey: str, executor: Executor,
+           options: PrepareOptions) -> None:
+    d = cfg.data
+    o = options
+    train = load_collection(d.train)
+    split = split_train_dev(train, d.dev_fraction, d.split_seed)
+    all_q = split.train + split.dev
+    n_train = len(split.train)
+    queries = query_set(train.queries, all_q, root)
+    docs = train.corpus.store(root, executor)
+    positives = positives_of(train, all_q, docs)
+    bm25_index(root, train.corpus, executor, o.cpus)
+    bm25 = bm25_candidates(root, train.corpus, queries, cfg.candidates.bm25_depth, executor, o.cpus, o.shard_queries)
+    dense = None
+    if "dense" in comps:
+        spec = EncoderSpec(cfg.candidates.dense_model, "mean", "cos", d.max_doc_length, d.max_query_length)
+        dense = dense_candidates(root, train.corpus, queries, cfg.candidates.dense_depth, spec, executor, o.gpus, o.cpus, o.shard_docs)
+
+    train_pos = Ragged.from_rows([positives.row(i) for i in range(n_train)])
+    rand = random_pools(train_pos, train.corpus.count, cfg.candidates.random_pool, cfg.candidates.seed)
+    bm25_neg = without([bm25.ranked(i) for i in range(n_train)], train_pos)
+    dense_neg = without([dense.ranked(i) for i in range(n_train)], train_pos) if dense is not None else None
+    pools = SamplingPools(train_pos, bm25_neg, rand, dense_neg)
+
+    ctx = ScoringContext(root, d.max_query_length, d.max_doc_length, cfg.eval.batch_tokens, executor, o.cpus, o.gpus,
+                         o.shard_pairs, o.shard_docs, o.shard_queries)
+    teacher = None
+    teacher_tables: dict[str, str] = {}
+    train_rows = np.arange(n_train)
+    if cfg.teacher.kind != "none":
+        empty = np.zeros(0, dtype=np.int64)
+        # A query matching fewer documents than the BM25 depth has a short list, and samplers fill
+        # its groups from the random pool: that pool is scored with the query's BM25 component.
+        width = bm25.doc_idx.shape[1]
+        short = lambda i: i < n_train and len(bm25.ranked(i)) < width  # noqa: E731
+        components = {"bm25": Ragged.from_rows([
+            np.union1d(np.union1d(bm25.ranked(i), positives.row(i)), rand.row(i) if short(i) else empty) for i in range(len(all_q))])}
+        if "dense" in comps:
+            components["dense"] = Ragged.from_rows([dense.ranked(i) for i in range(len(all_q))])
+        if "random" in comps:
+            components["random"] = Ragged.from_rows([rand.row(i) if i < n_train else empty for i in range(len(all_q))])
+        teacher = teacher_scores(cfg.teacher, ctx, train.corpus, queries, components)
+        teacher_tables = {name: _rel(root, t.folder) for name, t in teacher.tables.items()}
+        if cfg.teacher.kind == "file" or any(m.kind == "file" for m in cfg.teacher.members):
+            pools, train_rows = _restrict_to_scored(pools, teacher, comps)
+        pools.teacher = teacher_order(pools.bm25, teacher)
+    train_rows = train_rows[pools.positives.lengths()[train_rows] > 0]
+    if not len(train_rows):
+        raise ValueError(f"{d.train}: no training query has a judged relevant document in the corpus")
+    pools.save(out / "pools")
+    np.save(out / "train_rows.npy", train_rows.astype(np.int64))
+    (out / "dev.json").write_text(json.dumps({"qids": split.dev, "qrels": {q: train.qrels.get(q, {}) for q in split.dev}}))
+
+    # evaluation sets
+    evals, eval_sets = [], []
+    for did in d.eval:
+        col = load_collection(did)
+        qids = sample_queries(col.judged_queries(), d.eval_max_queries, seed=d.split_seed)
+        qset = query_set(col.queries, qids, root)
+        store = col.corpus.store(root, executor)
+        bm25_index(root, col.corpus, executor, o.cpus)
+        cand = bm25_candidates(root, col.corpus, qset, cfg.eval.depth, executor, o.cpus, o.shard_queries)
+        es_teacher = None
+        if cfg.teacher.kind != "none":
+            es_teacher = teacher_scores(cfg.teacher, ctx, col.corpus, qset,
+                                        {"bm25": Ragged.from_rows([cand.ranked(i) for i in range(len(qids))])})
+        name = col.name
+        (out / f"eval-{name}.json").write_text(json.dumps({"qids": qids, "qrels": {q: col.qrels.get(q, {}) for q in qids}}))
+        evals.append({"name": name, "dataset": did, "bm25": _rel(root, cand.folder), "corpus_key": col.corpus.key,
+                      "corpus_store": _rel(root, store.folder),
+                      "teacher_tables": {k: _rel(root, t.folder) for k, t in es_teacher.tables.items()} if es_teacher else {}})
+        eval_sets.append((name, col, qset, es_teacher))
+
+    # student tokens: every student tokenizer, every corpus and query set a trial reads
+    tokens: dict[str, dict] = {}
+    corpora = {train.corpus.key: train.corpus} | {c.corpus.key: c.corpus for _, c, _, _ in eval_sets}
+    query_sets = {"train": queries} | {name: q for name, _, q, _ in eval_sets}
+    for model, tok in tokenizers.items():
+        entry: dict[str, dict] = {"model": model, "docs": {}, "queries": {}}
+        for ck, corpus in corpora.items():
+            ts = doc_tokens(root, corpus, model, tok, d.max_doc_length, executor, o.shard_docs)
+            entry["docs"][f"{ck}:{d.max_doc_length}"] = _rel(root, ts.folder)
+        for name, qs in query_sets.items():
+            ts = query_tokens(root, qs, model, tok, d.max_query_length, executor, o.shard_queries)
+            entry["queries"][f"{name}:{d.max_query_length}"] = _rel(root, ts.folder)
+        tokens[tokenizer_key(tok)] = entry
+
+    manifest = {
+        "layout": LAYOUT,
+        "train": d.train,
+        "corpus": {"key": train.corpus.key, "count": train.corpus.count, "store": _rel(root, docs.folder)},
+        "queries": {"key": queries.key, "store": _rel(root, queries.store.folder), "n_train": n_train, "n_dev": len(split.dev)},
+        "bm25": _rel(root, bm25.folder),
+        "dense": _rel(root, dense.folder) if dense is not None else None,
+        "components": sorted(comps),
+        "teacher": tkey,
+        "teacher_tables": teacher_tables,
+        "evals": evals,
+        "tokens": tokens,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    # reference metrics: BM25 and the teacher on the very pools the students re-rank
+    (out / "reference_metrics.json").write_text("{}")
+    prepared = Prepared.open(out)
+    (out / "reference_metrics.json").write_text(json.dumps(reference_metrics(cfg, prepared), indent=1, sort_keys=True))
+
+
+def reference_metrics(cfg: TrialConfig, p: Prepared) -> dict[str, float]:
+    """BM25 and teacher effectiveness on dev and every eval set (re-ranking the same pools)."""
+    out: dict[str, float] = {}
+    sel = cfg.eval.selection
+    for es, depth, measures in [(p.dev, cfg.eval.dev_depth, (sel,))] + [(e, cfg.eval.depth, cfg.eval.measures) for e in p.evals]:
+        pools = es.pools(depth)
+        bm25_run = {q: dict(zip(es.docs.ids_of(pool), (-np.arange(len(pool), dtype=float)).tolist())) for q, pool in zip(es.qids, pools)}
+        agg, _ = evaluate(bm25_run, es.qrels, measures)
+        out.update({f"bm25/{es.name}/{m}": v for m, v in agg.items()})
+        if es.teacher is not None:
+            agg, _ = evaluate(rerank_run(es.teacher, es.docs, es.rows, es.qids, pools), es.qrels, measures)
+            out.update({f"teacher/{es.name}/{m}": v for m, v in agg.items()})
+    return out
+
