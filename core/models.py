@@ -79,6 +79,20 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def threads(n: int):
+    """torch's CPU threads set to ``n`` for the block (a preparation shard's CPU share), then restored.
+
+    Pinning it also makes a shard's floating-point results independent of where it runs.
+    """
+    prev = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; a no-op on CPU (fp32 there is faster and exact)."""
     if device.type == "cuda":

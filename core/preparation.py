@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ class NotPrepared(RuntimeError):
 class PrepareOptions:
     """Resources and shard sizes of preparation tasks (sized for MS MARCO by default)."""
 
-    cpus: int = 1  # CPUs of one CPU task: BM25 index and retrieval threads, neural work without GPUs
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)  # CPUs of one task: BM25 threads, neural work on CPUs
     gpus: float = 0  # GPUs of one neural task (embeddings, cross-encoder scoring); 0 runs them on CPUs
     shard_docs: int = 500_000  # documents per tokenizing / embedding / dense-search task
     shard_queries: int = 50_000  # queries per BM25 retrieval / pair-scoring task
@@ -320,7 +321,8 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
     dense = None
     if "dense" in comps:
         spec = EncoderSpec(cfg.candidates.dense_model, "mean", "cos", d.max_doc_length, d.max_query_length)
-        dense = dense_candidates(root, train.corpus, queries, cfg.candidates.dense_depth, spec, executor, o.gpus, o.cpus, o.shard_docs)
+        dense = dense_candidates(root, train.corpus, queries, cfg.candidates.dense_depth, spec, executor, o.gpus, o.cpus, o.shard_docs,
+                                 o.shard_queries)
 
     train_pos = Ragged.from_rows([positives.row(i) for i in range(n_train)])
     rand = random_pools(train_pos, train.corpus.count, cfg.candidates.random_pool, cfg.candidates.seed)

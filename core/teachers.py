@@ -182,7 +182,7 @@ def bi_pair_shard(job: BiPairShard) -> int:
 def _bi_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
     spec = EncoderSpec(t.model, t.pooling, t.similarity, ctx.max_doc_length, ctx.max_query_length)
     emb = doc_embeddings(ctx.root, corpus, spec, ctx.executor, ctx.gpus, ctx.cpus, ctx.shard_docs, ctx.batch_tokens)
-    q = query_embeddings(ctx.root, queries, spec, ctx.executor, ctx.gpus, ctx.cpus, batch_tokens=ctx.batch_tokens)
+    q = query_embeddings(ctx.root, queries, spec, ctx.executor, ctx.gpus, ctx.cpus, ctx.shard_queries, ctx.batch_tokens)
     pools.save(work, "pools")
     jobs = [BiPairShard(str(emb.filename), str(q.filename), str(work), a, b, str(work / f"bi-{i:05d}"))
             for i, (a, b) in enumerate(_row_shards(pools, ctx.shard_pairs))]
@@ -200,10 +200,18 @@ class CrossPairShard:
     stop: int
     batch_tokens: int
     out: str
+    threads: int = 1
     device: str = "auto"
 
 
 def cross_pair_shard(job: CrossPairShard) -> int:
+    from .models import threads
+
+    with threads(job.threads):
+        return _cross_pair_shard(job)
+
+
+def _cross_pair_shard(job: CrossPairShard) -> int:
     import torch
 
     from .data.batching import SpecialTokens, pair_chunks
@@ -235,11 +243,11 @@ def _cross_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries
     from .models import load_tokenizer, resolve_model
 
     tok = load_tokenizer(t.model)
-    docs = doc_tokens(ctx.root, corpus, t.model, tok, ctx.max_doc_length, ctx.executor)
-    qtok = query_tokens(ctx.root, queries, t.model, tok, ctx.max_query_length, ctx.executor)
+    docs = doc_tokens(ctx.root, corpus, t.model, tok, ctx.max_doc_length, ctx.executor, ctx.shard_docs)
+    qtok = query_tokens(ctx.root, queries, t.model, tok, ctx.max_query_length, ctx.executor, ctx.shard_queries)
     pools.save(work, "pools")
     jobs = [CrossPairShard(resolve_model(t.model), str(docs.folder), str(qtok.folder), str(work), a, b, ctx.batch_tokens,
-                           str(work / f"cross-{i:05d}"), ctx.device)
+                           str(work / f"cross-{i:05d}"), ctx.cpus, ctx.device)
             for i, (a, b) in enumerate(_row_shards(pools, ctx.shard_pairs))]
     ctx.executor.map(cross_pair_shard, jobs, cpus=ctx.cpus, gpus=ctx.gpus, label=f"cross teacher pairs ({len(jobs)} shards)")
     return _collect(jobs, work)

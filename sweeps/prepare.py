@@ -57,8 +57,9 @@ class RayExecutor:
         if not items:
             return []
         label = label or fn.__name__
+        # SPREAD: shards are data-parallel, so every node's CPUs and disk bandwidth take a share
         task = ray.remote(_run_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=self.retries, retry_exceptions=False,
-                                              name=f"prepare:{label.split(' (')[0]}")
+                                              scheduling_strategy="SPREAD", name=f"prepare:{label.split(' (')[0]}")
         refs = [task.remote(fn, x) for x in items]
         index = {r: i for i, r in enumerate(refs)}
         results: list[Any] = [None] * len(refs)

@@ -26,6 +26,7 @@ CELL = "ranksweep.cell"
 SEED = "ranksweep.seed"
 STOPPED_EARLY = "ranksweep.stopped_early"
 ERROR = "ranksweep.error"
+NODE_ID = "ranksweep.node_id"
 PARENT = "mlflow.parentRunId"
 
 

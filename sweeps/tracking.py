@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from .runs import cell_label, mlflow_key
+from .runs import NODE_ID, cell_label, mlflow_key
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +87,14 @@ class MLflowTracking(Callback):
         self.artifacts = artifacts or {}
         self._client = None
         self._runs: dict[str, str] = {}
+        self._nodes: dict[str, str] = {}
         self.parent_id: Optional[str] = None
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment state
         s = dict(self.__dict__)
         s["_client"] = None
         s["_runs"] = {}
+        s["_nodes"] = {}
         s["parent_id"] = None
         return s
 
@@ -180,8 +182,15 @@ class MLflowTracking(Callback):
         metrics = [Metric(mlflow_key(k), float(v), ts, step) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and ("/" in k or k in ("docs_seen", "steps", "epoch", "eval_seconds"))
                    and math.isfinite(float(v))]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        node = result.get("node_id")
+        tags = []
+        if isinstance(node, str) and self._nodes.get(trial.trial_id) != node:  # where the trial runs (it moves when a node is lost)
+            from mlflow.entities import RunTag
+
+            self._nodes[trial.trial_id] = node
+            tags.append(RunTag(NODE_ID, node))
+        if metrics or tags:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def _artifacts(self, run_id: str, trial) -> None:
         """Log the trial's output files, read from the sweep's storage (a shared path or a URI) where Ray synced them."""

@@ -15,9 +15,10 @@ from .prepare import combo_key
 
 logger = logging.getLogger(__name__)
 
-#: the trial's files (metrics, run files, per-query values) inside its Ray trial directory;
-#: Ray syncs that directory to the sweep's storage at every checkpoint, and the driver reads
-#: them from there for MLflow
+#: the trial's files (metrics, run files, per-query values), in its Ray working directory (the
+#: trainable's current directory): Ray uploads that directory to the trial's folder in the sweep's
+#: storage at every checkpoint (``SyncConfig(sync_artifacts=True)``), and the driver reads them
+#: from there for MLflow, whether storage is a shared path or a URI
 OUTPUTS = "outputs"
 
 
@@ -42,7 +43,7 @@ def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: lis
     cell, seed = config["params"], int(config.get("seed", 0))
     ctx = tune.get_context()
     d = resolve_trial(base, cell, seed)
-    d["output_dir"] = str(Path(ctx.get_trial_dir()) / OUTPUTS)
+    d["output_dir"] = str(Path.cwd() / OUTPUTS)
     if gpus <= 0:
         d["num_threads"] = max(1, int(cpus))
         d["device"] = "cpu"

@@ -118,11 +118,19 @@ class EmbedShard:
     stop: int
     batch_tokens: int
     out: str
+    threads: int = 1
     device: str = "auto"
 
 
 def embed_shard(job: EmbedShard) -> int:
     """Embeddings (float16) of sequences ``[start, stop)`` of a token store, on the task's device."""
+    from ..models import threads
+
+    with threads(job.threads):
+        return _embed_shard(job)
+
+
+def _embed_shard(job: EmbedShard) -> int:
     import torch
 
     from ..models import BiEncoder, autocast, load_encoder, load_tokenizer, resolve_device
@@ -147,7 +155,7 @@ def embed_shard(job: EmbedShard) -> int:
 def _embed(root: Path, kind: str, key: dict, tokens: TokenStore, spec: EncoderSpec, executor: "Executor", gpus: float,
            cpus: int, shard: int, batch_tokens: int) -> np.ndarray:
     def build(tmp: Path) -> None:
-        jobs = [EmbedShard(spec, str(tokens.folder), a, b, batch_tokens, str(tmp / f"part-{i:05d}"))
+        jobs = [EmbedShard(spec, str(tokens.folder), a, b, batch_tokens, str(tmp / f"part-{i:05d}"), cpus)
                 for i, (a, b) in enumerate(shard_ranges(len(tokens), shard))]
         executor.map(embed_shard, jobs, cpus=cpus, gpus=gpus, label=f"{kind} ({len(jobs)} shards)")
         parts = [np.load(f"{j.out}.npy", mmap_mode="r") for j in jobs]
@@ -171,7 +179,7 @@ def doc_embeddings(root: Path, corpus: "Corpus", spec: EncoderSpec, executor: Op
 
     executor = executor or LOCAL
     tok = load_tokenizer(spec.model)
-    tokens = doc_tokens(root, corpus, spec.model, tok, spec.max_doc_length, executor)
+    tokens = doc_tokens(root, corpus, spec.model, tok, spec.max_doc_length, executor, shard_docs)
     key = {"corpus": corpus.key, **_spec_key(spec, tok), "max_length": spec.max_doc_length}
     return _embed(root, "doc_embeddings", key, tokens, spec, executor, gpus, cpus, shard_docs, batch_tokens)
 
@@ -184,7 +192,7 @@ def query_embeddings(root: Path, queries: "QuerySet", spec: EncoderSpec, executo
 
     executor = executor or LOCAL
     tok = load_tokenizer(spec.model)
-    tokens = query_tokens(root, queries, spec.model, tok, spec.max_query_length, executor)
+    tokens = query_tokens(root, queries, spec.model, tok, spec.max_query_length, executor, shard_queries)
     key = {"queries": queries.key, **_spec_key(spec, tok), "max_length": spec.max_query_length}
     return _embed(root, "query_embeddings", key, tokens, spec, executor, gpus, cpus, shard_queries, batch_tokens)
 
@@ -218,10 +226,14 @@ class DenseShard:
     stop: int
     k: int
     out: str
+    threads: int = 1
 
 
 def dense_shard(job: DenseShard) -> int:
     """Top-k of every query among documents ``[start, stop)``."""
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, job.threads))
     docs = np.load(job.docs, mmap_mode="r")[job.start : job.stop]
     idx, sc = faiss_search(docs, np.load(job.queries, mmap_mode="r"), job.k, offset=job.start)
     np.save(f"{job.out}.doc_idx.npy", idx)
@@ -259,7 +271,8 @@ def merge_topk(parts: list[Path], folder: Path, n_queries: int, k: int, block: i
 
 
 def dense_candidates(root: Path, corpus: "Corpus", queries: "QuerySet", k: int, spec: EncoderSpec,
-                     executor: Optional["Executor"] = None, gpus: float = 0, cpus: int = 1, shard_docs: int = 500_000) -> Candidates:
+                     executor: Optional["Executor"] = None, gpus: float = 0, cpus: int = 1, shard_docs: int = 500_000,
+                     shard_queries: int = 500_000) -> Candidates:
     """Dense top-k of every query of ``queries`` (cached; embedding and search sharded by document range)."""
     from ..executor import LOCAL
     from ..models import load_tokenizer
@@ -272,8 +285,8 @@ def dense_candidates(root: Path, corpus: "Corpus", queries: "QuerySet", k: int, 
 
     def build(tmp: Path) -> None:
         emb = doc_embeddings(root, corpus, spec, executor, gpus, cpus, shard_docs)
-        q = query_embeddings(root, queries, spec, executor, gpus, cpus)
-        jobs = [DenseShard(str(emb.filename), str(q.filename), a, b, k, str(tmp / f"part-{i:05d}"))
+        q = query_embeddings(root, queries, spec, executor, gpus, cpus, shard_queries)
+        jobs = [DenseShard(str(emb.filename), str(q.filename), a, b, k, str(tmp / f"part-{i:05d}"), cpus)
                 for i, (a, b) in enumerate(shard_ranges(corpus.count, shard_docs))]
         executor.map(dense_shard, jobs, cpus=cpus, gpus=gpus, label=f"dense search ({len(jobs)} shards)")
         merge_topk([Path(j.out) for j in jobs], tmp, len(queries), k)
