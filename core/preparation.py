@@ -174,7 +174,8 @@ class Prepared:
         """Open a ``prepared`` stage: memory maps and JSON only (no collection is read)."""
         folder = Path(folder)
         if not (folder / "manifest.json").exists():
-            raise NotPrepared(f"no prepared data at {folder} (manifest.json missing)")
+            raise NotPrepared(f"no prepared data at {folder} (manifest.json missing); on a cluster the cache must be shared "
+                              "storage mounted at the same path on every node")
         m = json.loads((folder / "manifest.json").read_text())
         root = folder.parents[1]
         docs = TextStore.load(root / m["corpus"]["store"])
@@ -331,7 +332,7 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
     pools = SamplingPools(train_pos, bm25_neg, rand, dense_neg)
 
     ctx = ScoringContext(root, d.max_query_length, d.max_doc_length, cfg.eval.batch_tokens, executor, o.cpus, o.gpus,
-                         o.shard_pairs, o.shard_docs, o.shard_queries)
+                         o.shard_pairs, o.shard_docs, o.shard_queries, bm25_candidates={queries.key: bm25})
     teacher = None
     teacher_tables: dict[str, str] = {}
     train_rows = np.arange(n_train)
@@ -369,6 +370,7 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
         bm25_index(root, col.corpus, executor, o.cpus)
         cand = bm25_candidates(root, col.corpus, qset, cfg.eval.depth, executor, o.cpus, o.shard_queries)
         es_teacher = None
+        ctx.bm25_candidates[qset.key] = cand
         if cfg.teacher.kind != "none":
             es_teacher = teacher_scores(cfg.teacher, ctx, col.corpus, qset,
                                         {"bm25": Ragged.from_rows([cand.ranked(i) for i in range(len(qids))])})

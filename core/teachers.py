@@ -137,7 +137,8 @@ class ScoringContext:
     shard_docs: int = 500_000
     shard_queries: int = 50_000
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
+    #: BM25 candidates by query-set key: a BM25 teacher takes their scores instead of scoring those pairs again
+    bm25_candidates: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.executor is None:
@@ -264,7 +265,8 @@ def _collect(jobs, work: Path) -> np.ndarray:
 
 
 def _bm25_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
-    return bm25_pair_scores(ctx.root, corpus, queries, pools, work, ctx.executor, ctx.cpus, ctx.shard_queries)
+    return bm25_pair_scores(ctx.root, corpus, queries, pools, work, ctx.executor, ctx.cpus, ctx.shard_queries,
+                            ctx.bm25_candidates.get(queries.key))
 
 
 def read_teacher_file(path: str | Path, fmt: str = "auto") -> dict[str, dict[str, float]]:

@@ -139,6 +139,11 @@ def prepare_shared(sweep: Sweep, executor: Optional[Any] = None) -> dict[str, st
     return out
 
 
+def shared_cache_path(configured: Optional[str]) -> str:
+    """The cache folder as the user gave it (``data.cache_dir``, ``RANKSWEEP_CACHE`` or the default), unresolved."""
+    return configured or os.environ.get("RANKSWEEP_CACHE") or str(Path("~/.cache/ranksweep").expanduser())
+
+
 def check_shared(paths: dict[str, str], timeout: float = 60.0) -> None:
     """Fail before any work unless every alive node sees ``paths`` (``{what: path}``) as the driver does.
 
@@ -154,15 +159,15 @@ def check_shared(paths: dict[str, str], timeout: float = 60.0) -> None:
     others = [n for n in nodes if n["NodeID"] != here]
     if not others:
         return
-    token = f"{os.getpid()}-{time.time_ns()}"
-    markers = {}
-    for what, path in paths.items():
-        if "://" in path:
-            continue
-        if not Path(path).is_absolute():
+    local = {what: path for what, path in paths.items() if "://" not in path}
+    for what, path in local.items():
+        if not Path(path).expanduser().is_absolute():
             raise SpecError(f"{what}: {path!r} is a relative path; on a cluster of {len(nodes)} nodes it must be an absolute "
                             "path on shared storage (NFS/EFS) mounted at the same place on every node")
-        d = Path(path)
+    token = f"{os.getpid()}-{time.time_ns()}"
+    markers = {}
+    for what, path in local.items():
+        d = Path(path).expanduser()
         d.mkdir(parents=True, exist_ok=True)
         m = d / f".ranksweep-shared-check-{token}"
         m.write_text(token)

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 from ranksweep.core import TrialConfig
-from ranksweep.core.data.cache import cache_root
 
-from .prepare import RayExecutor, check_shared, prepare_shared
+from .prepare import RayExecutor, check_shared, prepare_shared, shared_cache_path
 from .spec import SpecError, Sweep
 
 logger = logging.getLogger(__name__)
@@ -124,8 +123,8 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
                                        if k in ("IR_DATASETS_HOME", "RANKSWEEP_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE")}})
     if sweep.fields.resources.gpu > 0 and ray.cluster_resources().get("GPU", 0) == 0:
         logger.warning("no GPU in the cluster yet: trials wait until the autoscaler adds GPU workers")
-    check_shared({"cache (data.cache_dir / RANKSWEEP_CACHE)": str(cache_root(sweep.base_config().data.cache_dir)),
-                  "storage": sweep.storage})
+    check_shared({"cache (data.cache_dir / RANKSWEEP_CACHE)": shared_cache_path(sweep.base_config().data.cache_dir),
+                  "storage": sweep.fields.storage})
     prepared = prepare_shared(sweep, RayExecutor())
     if resume:
         tuner = tune.Tuner.restore(path, trainable=trainable(sweep, prepared), resume_unfinished=True, resume_errored=False,

@@ -277,30 +277,54 @@ class PairShard:
     stop: int
     threads: int
     out: str
+    known: Optional[str] = None  # folder of the same queries' BM25 candidates: their pairs are already scored
 
 
 def pair_shard(job: PairShard) -> int:
+    from .candidates import Candidates
+
     texts = TextStore.load(Path(job.queries)).texts(job.start, job.stop)
     pools = Ragged.load(Path(job.pools), "pools")
-    rows = [pools.row(i) for i in range(job.start, job.stop)]
-    scores = BM25Searcher.open(Path(job.index)).pair_scores(texts, rows, job.threads)
+    rows = [pools.row(i).astype(np.int64) for i in range(job.start, job.stop)]
+    scores = [np.zeros(len(r), dtype=np.float32) for r in rows]
+    todo = list(range(len(rows)))
+    if job.known:  # a pair among the query's retrieved candidates has its retrieval score: the same scorer
+        cand = Candidates.load(Path(job.known))
+        unknown = []
+        for j, i in enumerate(range(job.start, job.stop)):
+            kd, ks = cand.ranked(i), cand.ranked_scores(i)
+            order = np.argsort(kd)
+            kd, ks = kd[order], ks[order]
+            pos = np.minimum(np.searchsorted(kd, rows[j]), max(len(kd) - 1, 0))
+            hit = (np.take(kd, pos) == rows[j]) if len(kd) else np.zeros(len(rows[j]), bool)
+            scores[j][hit] = ks[pos[hit]]
+            unknown.append(~hit)
+    else:
+        unknown = [np.ones(len(r), bool) for r in rows]
+    todo = [j for j in todo if unknown[j].any()]
+    found = BM25Searcher.open(Path(job.index)).pair_scores([texts[j] for j in todo], [rows[j][unknown[j]] for j in todo], job.threads)
+    for j, f in zip(todo, found):
+        scores[j][unknown[j]] = f
     np.save(f"{job.out}.npy", np.concatenate(scores) if scores else np.zeros(0, np.float32))
     return len(texts)
 
 
 def bm25_pair_scores(root: Path, corpus: "Corpus", queries: "QuerySet", pools: Ragged, work: Path,
-                     executor: Optional["Executor"] = None, cpus: int = 1, shard_queries: int = 50_000) -> np.ndarray:
+                     executor: Optional["Executor"] = None, cpus: int = 1, shard_queries: int = 50_000,
+                     known: Optional["Candidates"] = None) -> np.ndarray:
     """BM25 scores (nnz,) float32 of every pair (query i, ``pools.row(i)``), aligned with ``pools.values``.
 
     ``work`` is a folder on shared storage for the shards' inputs and outputs (inside the stage
-    being built); only the pairs asked for are scored.
+    being built); only the pairs asked for are scored, and with ``known`` (BM25 candidates of the
+    same queries) the pairs among them take their retrieval scores instead of being scored again.
     """
     from ..executor import LOCAL
 
     executor = executor or LOCAL
     index = bm25_index(root, corpus, executor, cpus)
     pools.save(work, "pools")
-    jobs = [PairShard(str(index), str(queries.store.folder), str(work), a, b, cpus, str(work / f"pairs-{i:05d}"))
+    jobs = [PairShard(str(index), str(queries.store.folder), str(work), a, b, cpus, str(work / f"pairs-{i:05d}"),
+                      str(known.folder) if known is not None else None)
             for i, (a, b) in enumerate(shard_ranges(len(queries), shard_queries))]
     executor.map(pair_shard, jobs, cpus=cpus, label=f"bm25 pair scores ({len(jobs)} shards)")
     out = np.concatenate([np.load(f"{j.out}.npy") for j in jobs])

@@ -122,6 +122,20 @@ def _sweep_spec(tmp: Path, col: Path, student: str, budget: int) -> dict:
             "storage": str(tmp / "ray"), "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db", "experiment": "cluster"}}
 
 
+def test_a_relative_storage_path_on_a_cluster_is_refused_before_any_work(cluster, models, tmp_path_factory, monkeypatch):
+    from ranksweep.sweeps.spec import SpecError, load_sweep
+    from ranksweep.sweeps.tuner import run_sweep
+
+    c, _, _ = cluster
+    tmp = tmp_path_factory.mktemp("relative")
+    monkeypatch.chdir(tmp)
+    spec = _sweep_spec(tmp, _collection(tmp_path_factory), models[0], 64)
+    spec["storage"] = "runs/ray"
+    with pytest.raises(SpecError, match=r"storage: 'runs/ray' is a relative path; on a cluster of 3 nodes"):
+        run_sweep(load_sweep(spec), address=c.address)
+    assert not (tmp / "cache").exists() and not (tmp / "runs").exists()  # nothing was prepared or written
+
+
 def test_sweep_trials_run_on_workers_and_a_lost_worker_resumes_elsewhere(cluster, models, tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
