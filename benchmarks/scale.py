@@ -9,13 +9,16 @@ through the same ``RayExecutor`` a sweep uses. It prints:
 
 - the time of every stage (from each stage's ``build.json``), the assembly of pools and
   reference metrics, and the total;
-- the peak RSS of the driver and of the largest worker process;
+- the peak RSS (``VmHWM``) of the driver and of the largest worker process;
 - the warm start-up of a trial (a fresh process: imports, ``Trial(cfg, prepared)``, the first
-  optimizer step) and its peak RSS.
+  optimizer step), its peak RSS, and how much of its memory is private and how much is pages of
+  mapped files (torch's libraries and the memory-mapped stores, shared with every process of the
+  node through the page cache).
 
 It ends with each stage's fitted exponent (time ∝ N^e, least squares on log-log over the sizes,
-one worker) and an extrapolation to MS MARCO (8.8M passages, 550k queries at N/16) on one
-16-core node: the one-worker time at 8.8M from the fit, split by Amdahl's law into the part
+one worker; in brackets the slope between the two largest sizes) and an extrapolation to MS MARCO
+(8.8M passages, 550k queries at N/16) on one 16-core node: the one-worker time at the largest
+size carried to 8.8M with the steeper of the two exponents, split by Amdahl's law into the part
 that the two-worker run sped up and the part it did not, the former divided by 16.
 
 Usage::
@@ -29,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +40,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ranksweep.sweeps.prepare import peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 #: stages of a prepare with a BM25 teacher, in pipeline order; "assembly" is the rest of "prepared"
@@ -122,7 +126,7 @@ def cold_prepare(cfg_dict: dict, workers: int, shard_docs: int, shard_queries: i
 
 
 START_CODE = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from ranksweep.core import Trial, TrialConfig
 cfg = TrialConfig.from_dict(json.loads(sys.argv[1]))
@@ -131,8 +135,11 @@ trial = Trial(cfg, sys.argv[2])
 t2 = time.perf_counter()
 trial.train_until(cfg.group_size * cfg.optim.batch_size)
 t3 = time.perf_counter()
-print(json.dumps({"imports": t1 - t0, "trial_init": t2 - t1, "first_step": t3 - t2, "start": t3 - t0,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+status = {x.split(":")[0]: int(x.split()[1]) / 1024 for x in open("/proc/self/status") if x.startswith(("VmHWM", "RssAnon", "RssFile"))}
+# VmHWM: this process's peak; RssAnon: its private memory; RssFile: pages of mapped files (the memory-mapped stores
+# among them), shared with every process of the node through the page cache
+print(json.dumps({"imports": t1 - t0, "trial_init": t2 - t1, "first_step": t3 - t2, "start": t3 - t0, "peak_rss_mb": status["VmHWM"],
+                  "private_mb": status["RssAnon"], "file_mb": status["RssFile"]}))
 """
 
 
@@ -149,6 +156,43 @@ def fit(sizes: list[int], times: list[float]) -> tuple[float, float]:
     e, logc = np.polyfit(x, y, 1)
     return float(e), float(np.exp(logc))
 
+CRITICAL = ("corpus", "queries", "bm25_index", "bm25_candidates", "doc_tokens", "query_tokens", "assembly")
+
+
+def summarize(rows: list[dict], sizes: list[int], one: int, many: int) -> tuple[dict, float, float]:
+    """Print the per-stage exponents and the MS MARCO extrapolation; return them."""
+    print(f"\nstage             exponent e (last step)   {one} worker @{sizes[-1]:,}   {many} vs {one} worker   8.8M docs on 16 cores")
+    summary: dict[str, dict] = {}
+    critical = everything = 0.0
+    for stage in STAGES + ["total"]:
+        t1 = [next(r for r in rows if r["n_docs"] == n and r["workers"] == one)["stages"].get(stage, 0.0) for n in sizes]
+        tw = next(r for r in rows if r["n_docs"] == sizes[-1] and r["workers"] == many)["stages"].get(stage, 0.0)
+        e, c = fit(sizes, t1) if len(sizes) > 1 else (float("nan"), 0.0)
+        # extrapolate with the steeper of the fitted exponent and the slope between the two largest sizes
+        tail = np.log(max(t1[-1], 1e-3) / max(t1[-2], 1e-3)) / np.log(sizes[-1] / sizes[-2]) if len(sizes) > 1 else e
+        at_msmarco = t1[-1] * (MSMARCO_DOCS / sizes[-1]) ** max(e, tail)
+        # Amdahl: the fraction p of the one-worker time that more workers divide
+        speedup = t1[-1] / tw if tw > 0 else 1.0
+        p = 0.0 if many == one else min(1.0, max(0.0, (1 - 1 / speedup) / (1 - one / many)))
+        extrap = at_msmarco * ((1 - p) + p * one / CORES)
+        summary[stage] = {"exponent": e, "tail_exponent": tail, "seconds_at_max": t1[-1], "speedup": speedup,
+                          "parallel_fraction": p, "extrapolated_seconds": extrap}
+        if stage in CRITICAL:
+            critical += extrap
+        if stage != "total":
+            everything += extrap
+        print(f"{stage:<17} {e:>10.2f} ({tail:>5.2f})   {t1[-1]:>14.1f} s   {speedup:>13.2f}x   {extrap / 60:>10.1f} min")
+    print(f"\ncritical path (corpus, BM25 index and retrieval, tokens, pools) at MS MARCO on one 16-core node: {critical / 60:.1f} min")
+    print(f"all of this preparation, the BM25 teacher's pair scores included: {everything / 60:.1f} min")
+    starts = [(r["n_docs"], r["trial_start"]) for r in rows if "trial_start" in r]
+    if starts:
+        print("warm trial start (process start to first optimizer step): "
+              + "; ".join(f"N={n:,}: {t['start']:.1f} s, peak RSS {t['peak_rss_mb']:.0f} MB"
+                          + (f" ({t['private_mb']:.0f} private, {t['file_mb']:.0f} mapped files)" if "private_mb" in t else "")
+                          for n, t in starts))
+    return summary, critical, everything
+
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="folder for collections and caches (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the caches (collections are always kept in --work)")
     ap.add_argument("--json", default=None, help="also write every number as JSON here")
+    ap.add_argument("--summary-from", default=None, help="print the summary of an earlier run's --json, run nothing")
     a = ap.parse_args(argv)
+    if a.summary_from:
+        rows = json.loads(Path(a.summary_from).read_text())["rows"]
+        workers = sorted({r["workers"] for r in rows})
+        summarize(rows, sorted({r["n_docs"] for r in rows}), workers[0], workers[-1])
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from ranksweep.core.data.synthetic import write_synthetic_beir
@@ -182,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             shard_queries = max(100, -(-(n // 16) // (4 * max(a.workers))))
             prep = cold_prepare(cfg, w, shard_docs, shard_queries)
             row = {"n_docs": n, "n_queries": n // 16, "workers": w, **prep, "stages": stage_seconds(cache),
-                   "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                   "driver_peak_rss_mb": peak_rss_mb()}
             if w == max(a.workers):
                 row["trial_start"] = warm_start(cfg, prep["folder"])
             rows.append(row)
@@ -190,36 +240,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"N={n:>9,} workers={w}: " + "  ".join(f"{k} {st.get(k, 0):.1f}s" for k in STAGES + ["total"])
                   + f"  | peak RSS driver {row['driver_peak_rss_mb']:.0f} MB, worker {row['worker_peak_rss_mb']:.0f} MB"
                   + (f"  | trial start {row['trial_start']['start']:.1f} s ({row['trial_start']['trial_init']:.2f} s in Trial()), "
-                     f"{row['trial_start']['peak_rss_mb']:.0f} MB" if "trial_start" in row else ""), flush=True)
+                     f"peak {row['trial_start']['peak_rss_mb']:.0f} MB: {row['trial_start']['private_mb']:.0f} private, "
+                     f"{row['trial_start']['file_mb']:.0f} mapped files" if "trial_start" in row else ""), flush=True)
             if not a.keep:
                 shutil.rmtree(cache, ignore_errors=True)
 
-    print("\nstage             exponent e   1 worker @max N   2 vs 1 worker   extrapolated: 8.8M docs, 16 cores")
-    sizes = sorted(a.sizes)
-    one, many = min(a.workers), max(a.workers)
-    summary = {}
-    critical = 0.0
-    for stage in STAGES + ["total"]:
-        t1 = [next(r for r in rows if r["n_docs"] == n and r["workers"] == one)["stages"].get(stage, 0.0) for n in sizes]
-        tw = next(r for r in rows if r["n_docs"] == sizes[-1] and r["workers"] == many)["stages"].get(stage, 0.0)
-        e, c = fit(sizes, t1) if len(sizes) > 1 else (float("nan"), 0.0)
-        at_msmarco = c * MSMARCO_DOCS ** e
-        # Amdahl: the fraction p of the one-worker time that `many` workers divide
-        speedup = t1[-1] / tw if tw > 0 else 1.0
-        p = 0.0 if many == one else min(1.0, max(0.0, (1 - 1 / speedup) / (1 - one / many)))
-        extrap = at_msmarco * ((1 - p) + p * one / CORES)
-        summary[stage] = {"exponent": e, "seconds_at_max": t1[-1], "speedup": speedup, "parallel_fraction": p,
-                          "extrapolated_seconds": extrap}
-        if stage in ("corpus", "queries", "bm25_index", "bm25_candidates", "doc_tokens", "query_tokens", "assembly"):
-            critical += extrap
-        print(f"{stage:<17} {e:>10.2f}   {t1[-1]:>13.1f} s   {speedup:>12.2f}x   {extrap / 60:>10.1f} min")
-    ts = [r["trial_start"] for r in rows if "trial_start" in r]
-    print(f"\ncritical path BM25 + tokens + pools at MS MARCO on one 16-core node: {critical / 60:.1f} min")
-    if ts:
-        parts = [f"N={r['n_docs']:,}: {r['trial_start']['start']:.1f} s, {r['trial_start']['peak_rss_mb']:.0f} MB" for r in rows if "trial_start" in r]
-        print("warm trial start (process start to first optimizer step): " + "; ".join(parts))
+    summary, critical, everything = summarize(rows, sorted(a.sizes), min(a.workers), max(a.workers))
     if a.json:
-        Path(a.json).write_text(json.dumps({"rows": rows, "summary": summary, "critical_path_seconds": critical}, indent=1))
+        Path(a.json).write_text(json.dumps({"rows": rows, "summary": summary, "critical_path_seconds": critical,
+                                            "all_stages_seconds": everything}, indent=1))
     return 0
 
 

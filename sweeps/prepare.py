@@ -33,15 +33,24 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _run_shard(fn: Callable[[Any], Any], item: Any) -> tuple[Any, str, str, float, float]:
-    import resource
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (``VmHWM``; unlike ``ru_maxrss`` it does not carry a parent's peak
+    across fork and exec); 0 where ``/proc`` is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
+
+def _run_shard(fn: Callable[[Any], Any], item: Any) -> tuple[Any, str, str, float, float]:
     import ray
 
     t0 = time.perf_counter()
     out = fn(item)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the worker process's peak so far
-    return out, ray.get_runtime_context().get_node_id(), socket.gethostname(), time.perf_counter() - t0, peak_mb
+    return out, ray.get_runtime_context().get_node_id(), socket.gethostname(), time.perf_counter() - t0, peak_rss_mb()
 
 
 class RayExecutor:

@@ -110,7 +110,7 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
     path = experiment_path(sweep)
     if resume and not tune.Tuner.can_restore(path):
         raise SpecError(f"--resume: no sweep to resume at {path}")
-    if not resume and Path(path).exists() and tune.Tuner.can_restore(path):
+    if not resume and tune.Tuner.can_restore(path):
         raise SpecError(f"a sweep named {sweep.name!r} already exists at {path}; use --resume, or another name/storage")
     if sweep.fields.resources.gpu > 0 and address is None:
         import torch

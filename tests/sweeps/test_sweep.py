@@ -90,13 +90,13 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
     assert (tmp_path / "report" / "report.html").exists()
 
 
-def _tiny_sweep(tmp_path, tiny_model, uri, trials_losses, budget=96, concurrent=1):
+def _tiny_sweep(tmp_path, tiny_model, uri, trials_losses, budget=96, concurrent=1, storage=None):
     trial = fast_config(tmp_path, **{"student.model": tiny_model, "student.num_layers": None})
     trial.pop("output_dir")
     trial.update(budget_docs=budget, eval_every_docs=32)
     spec = {"name": "tiny", "base": trial, "space": {"axes": {"loss": trials_losses}},
             "search": "grid", "scheduler": {"name": "none"}, "resources": {"cpu": 1},
-            "max_concurrent": concurrent, "storage": str(tmp_path / "ray"), "tracking": {"uri": uri, "experiment": "tiny"}}
+            "max_concurrent": concurrent, "storage": storage or str(tmp_path / "ray"), "tracking": {"uri": uri, "experiment": "tiny"}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -156,7 +156,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_small_sweep_against_a_local_mlflow_server(tmp_path, tiny_model):
+def test_small_sweep_against_a_local_mlflow_server_with_storage_as_a_uri(tmp_path, tiny_model):
+    """MLflow over HTTP, and the sweep's storage given as a pyarrow URI (``file://`` takes the same path as
+    ``s3://``): trial outputs reach MLflow through Ray's storage, not through a path the driver shares."""
     port = _free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -173,14 +175,17 @@ def test_small_sweep_against_a_local_mlflow_server(tmp_path, tiny_model):
                 break
             except OSError:
                 time.sleep(1)
-        spec = _tiny_sweep(tmp_path, tiny_model, "sqlite:///unused.db", ["kl", "lce"], budget=64, concurrent=2)
+        spec = _tiny_sweep(tmp_path, tiny_model, "sqlite:///unused.db", ["kl", "lce"], budget=64, concurrent=2,
+                           storage=(tmp_path / "ray").as_uri())
         out = _cli("run", str(spec), "--tracking-uri", uri)
         log, _ = out.communicate(timeout=600)
         assert out.returncode == 0, log[-3000:]
         c, parents, children = _runs(uri, "tiny")
         assert len(parents) == 1 and len(children) == 2
         assert all(r.info.status == "FINISHED" and r.data.metrics["docs_seen"] == 64 for r in children)
-        assert "final.json" in {a.path for a in c.list_artifacts(children[0].info.run_id)}
+        for r in children:
+            assert {"final.json", "metrics.jsonl", "runs", "per_query"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert list((tmp_path / "ray" / "tiny").glob("train_trial_*/outputs/final.json"))  # where Ray put them
         assert "best settings" in log
     finally:
         os.killpg(server.pid, signal.SIGTERM)
