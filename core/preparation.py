@@ -48,6 +48,7 @@ from .data.store import Ragged, TextStore
 from .data.tokens import TokenStore, doc_tokens, query_tokens, tokenizer_key
 from .executor import LOCAL, Executor
 from .metrics import evaluate
+from .models import load_tokenizer
 from .teachers import ScoreTable, ScoringContext, TeacherError, TeacherScores, rerank_run, teacher_key, teacher_scores
 
 logger = logging.getLogger(__name__)
@@ -283,8 +284,6 @@ def prepare(
     if "dense" in comps and cfg.candidates.dense_depth <= 0:
         raise ValueError(f"samplers {sorted(samplers)} need dense candidates but candidates.dense_depth is 0")
     models = student_models(cfg, students)
-    from .models import load_tokenizer
-
     tokenizers = {m: load_tokenizer(m) for m in models}
     tkey = key_hash(teacher_key(cfg.teacher, root))
     key = {

@@ -40,6 +40,7 @@ from .data.candidates import EncoderSpec, doc_embeddings, query_embeddings
 from .data.collections import Corpus, QuerySet, file_stat_key
 from .data.store import Ragged
 from .data.tokens import doc_tokens, query_tokens
+from .models import pinned_threads
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -205,14 +206,8 @@ class CrossPairShard:
     device: str = "auto"
 
 
+@pinned_threads
 def cross_pair_shard(job: CrossPairShard) -> int:
-    from .models import threads
-
-    with threads(job.threads):
-        return _cross_pair_shard(job)
-
-
-def _cross_pair_shard(job: CrossPairShard) -> int:
     import torch
 
     from .data.batching import SpecialTokens, pair_chunks

@@ -1,7 +1,7 @@
 """One distillation trial end to end: train the student on prepared data, evaluate.
 
 Data flows one way: collection → candidates → sampler → teacher scores → batches → student →
-loss → metrics. ``prepare`` (``prepare.py``) builds everything trials share; ``Trial`` opens it
+loss → metrics. ``prepare`` (``preparation.py``) builds everything trials share; ``Trial`` opens it
 and trains one student; ``run_trial`` is the plain-function entry point that the sweeper wraps.
 Queries are rows of the prepared query set throughout. Side effects stay at the edges: metrics
 go to the ``report`` hook and, when an output directory is configured, to files written by the

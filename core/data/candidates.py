@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from ..models import pinned_threads
 from .cache import stage
 from .store import TextStore
 from .tokens import TokenStore, doc_tokens, query_tokens, shard_ranges, tokenizer_key
@@ -122,15 +123,9 @@ class EmbedShard:
     device: str = "auto"
 
 
+@pinned_threads
 def embed_shard(job: EmbedShard) -> int:
     """Embeddings (float16) of sequences ``[start, stop)`` of a token store, on the task's device."""
-    from ..models import threads
-
-    with threads(job.threads):
-        return _embed_shard(job)
-
-
-def _embed_shard(job: EmbedShard) -> int:
     import torch
 
     from ..models import BiEncoder, autocast, load_encoder, load_tokenizer, resolve_device

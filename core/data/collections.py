@@ -138,15 +138,6 @@ class Collection:
         """Query ids with at least one relevant document (relevance > 0), in query order."""
         return [q for q in self.queries if any(r > 0 for r in self.qrels.get(q, {}).values())]
 
-    def subset(self, query_ids: list[str]) -> "Collection":
-        keep = set(query_ids)
-        return Collection(
-            self.dataset_id,
-            {q: t for q, t in self.queries.items() if q in keep},
-            {q: r for q, r in self.qrels.items() if q in keep},
-            self.corpus,
-        )
-
 
 def _doc_text(doc) -> str:
     if hasattr(doc, "default_text"):
