@@ -56,7 +56,7 @@ def models(tmp_path_factory, tiny_model):
 def _collection(tmp_path_factory):
     from ranksweep.core.data.synthetic import write_synthetic_beir
 
-    return write_synthetic_beir(tmp_path_factory.mktemp("syn"), 3000, seed=5)
+    return write_synthetic_beir(tmp_path_factory.mktemp("syn"), 2000, seed=5)
 
 
 def _stage_files(root: Path) -> dict[str, Path]:
@@ -90,7 +90,7 @@ def test_preparation_runs_on_the_workers_and_writes_the_single_process_cache(clu
                                                         {"kind": "cross", "model": cross}]}
         cfg = TrialConfig.from_dict(d)
         ex = RayExecutor() if name == "ray" else LocalExecutor()
-        opts = PrepareOptions(cpus=1, gpus=1, shard_docs=400, shard_queries=40, shard_pairs=3000)
+        opts = PrepareOptions(cpus=1, gpus=1, shard_docs=700, shard_queries=50, shard_pairs=6000)
         p = prepare(cfg, samplers=["random", "bm25", "dense", "ensemble", "teacher"], executor=ex, options=opts)
         assert p.pools.dense is not None and p.pools.teacher is not None and set(p.teacher.tables) == {"bm25", "dense", "random"}
         if name == "ray":
