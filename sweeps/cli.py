@@ -107,7 +107,11 @@ def main_run(args: list[str]) -> int:
         return 2
     errors = len(results.errors)
     print(f"\n{len(results)} trials, {errors} failed; MLflow experiment {sweep.experiment!r} at {sweep.tracking_uri}")
-    rows = best(sweep.experiment, sweep.tracking_uri, metric=sweep.fields.metric, mode=sweep.fields.mode, top=a.top, sweep=sweep.name)
+    try:
+        rows = best(sweep.experiment, sweep.tracking_uri, metric=sweep.fields.metric, mode=sweep.fields.mode, top=a.top, sweep=sweep.name)
+    except ValueError as e:  # MLflow away: the sweep itself is done, and its results are kept by Ray
+        print(f"best settings: not read ({e})")
+        return 0
     print(f"best settings by {sweep.fields.metric} (mean ± std over seeds):")
     print(format_rows(rows, sweep.fields.metric))
     print(f"\nreport: ranksweep report --experiment {sweep.experiment} --tracking-uri {sweep.tracking_uri} --out reports/{sweep.name}")

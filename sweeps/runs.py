@@ -30,6 +30,21 @@ NODE_ID = "ranksweep.node_id"
 PARENT = "mlflow.parentRunId"
 
 
+#: MLflow's own HTTP retries (7, with backoff up to 2 minutes per call) froze sweeps while a server was
+#: away and made ``best``/``report`` wait minutes for an unreachable one: each call now gives up in
+#: seconds (a sweep's writer retries on its own)
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def bound_http_retries() -> None:
+    """Keep each MLflow HTTP call short in this process (values the user set are kept)."""
+    import os
+
+    for k, v in HTTP_LIMITS.items():
+        os.environ.setdefault(k, v)
+
+
 def mlflow_key(key: str) -> str:
     """An ir_measures metric key as MLflow accepts it: ``dev/nDCG@10`` → ``dev/nDCG_at_10``.
 
@@ -100,9 +115,15 @@ class SweepReader:
             db = Path(tracking_uri[len("sqlite:///"):])
             if not db.exists():  # MLflow would create an empty database and find nothing in it
                 raise ValueError(f"no MLflow database at {db} (tracking URI {tracking_uri}); pass the sweep's --tracking-uri")
+        from mlflow.exceptions import MlflowException
+
+        bound_http_retries()
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+        except MlflowException as e:
+            raise ValueError(f"cannot reach MLflow at {tracking_uri}: {str(e).splitlines()[0][:200]}") from None
         if exp is None:
             known = [e.name for e in self.client.search_experiments()]
             raise ValueError(f"MLflow experiment {experiment!r} not found at {tracking_uri} (experiments there: {known})")

@@ -57,6 +57,8 @@ class PrepareSpec:
 class TrackingSpec:
     uri: str = field(default="sqlite:///mlflow.db", metadata={"help": "MLflow tracking URI (relative sqlite paths resolve against the working directory)"})
     experiment: Optional[str] = field(default=None, metadata={"help": "MLflow experiment (default: ranksweep-<name>)"})
+    flush_timeout: float = field(default=600.0, metadata={"help": "seconds the end of a sweep waits for MLflow writes held back "
+                                                                  "while the tracking server was away"})
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,17 @@
-"""MLflow tracking of a sweep: one parent run, one nested child run per trial (the only mlflow importer).
+"""MLflow tracking of a sweep: one parent run, one nested child run per trial (the only mlflow writer).
 
-All writes happen on the driver, inside a Ray Tune ``Callback``: a trial's metrics arrive with its
-results (step = docs seen), its files are read from its output folder (shared storage on a
-cluster) when it ends. Runs are found again by tags (``ranksweep.sweep_key`` for the parent,
-``ranksweep.trial_id`` for a child), so a resumed sweep reattaches to its runs instead of opening
-duplicates (the problem users report with ``MLflowLoggerCallback``: ray #19978, #23228, #36257).
+Tracking never stops training. The Ray Tune callback only hands events (a trial started, a result,
+a trial ended) to ``MLflowWriter``, whose single thread does every MLflow call, so Tune's event
+loop never waits on MLflow. While the tracking server is away, the writer keeps what it has not
+written, retries with backoff and says so on the console; the sweep trains on. MLflow's own HTTP
+retries are bounded (a call gives up in seconds, the writer retries). Whatever the writer could
+not write before the driver stopped is written later from Ray's own results on disk: after every
+``fit`` (a finished sweep or ``--resume``), ``reconcile`` hands the ResultGrid to the writer.
+
+Nothing is written twice: runs are found again by tags (``ranksweep.sweep_key`` for the parent,
+``ranksweep.trial_id`` for a child; the problem users report with ``MLflowLoggerCallback``: ray
+#19978, #23228, #36257), and a step already in a run's history is not logged again. A trial's
+run leaves RUNNING only for FINISHED or FAILED.
 """
 
 from __future__ import annotations
@@ -13,12 +20,19 @@ import json
 import logging
 import math
 import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ray.tune import Callback
 
-from .runs import NODE_ID, cell_label, mlflow_key
+from ranksweep.core.config import TrialConfig
+from ranksweep.search_spaces.space import apply
+
+from .runs import CELL, ERROR, NODE_ID, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, bound_http_retries, cell_label, mlflow_key
 
 logger = logging.getLogger(__name__)
 
@@ -65,38 +79,81 @@ def git_commit() -> Optional[str]:
 
 
 def _client(uri: str):
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 
 
-class MLflowTracking(Callback):
-    """Ray Tune callback writing the sweep's parent run and one child run per trial."""
+def _permanent(e: Exception) -> bool:
+    """An error retrying will not mend (a 4xx answer: a bad value, a missing run), unlike an absent server."""
+    from mlflow.exceptions import RestException
 
-    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_key: str, budget_docs: int,
-                 base: Optional[dict] = None, params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None) -> None:
-        self.base = base or {}
+    if isinstance(e, RestException):
+        try:
+            return 400 <= int(e.get_http_status_code()) < 500
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def result_metrics(result: dict) -> tuple[int, int, list]:
+    """``(step, timestamp ms, [Metric])`` of a Tune result: numeric ``split/measure`` keys and progress counters."""
+    from mlflow.entities import Metric
+
+    step = int(result.get("docs_seen", 0))
+    ts = int(1000 * float(result.get("timestamp", 0) or 0))
+    metrics = [Metric(mlflow_key(k), float(v), ts, step) for k, v in result.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and ("/" in k or k in ("docs_seen", "steps", "epoch", "eval_seconds"))
+               and math.isfinite(float(v))]
+    return step, ts, metrics
+
+
+@dataclass
+class _Trial:
+    """What the writer knows of one trial, and what it still has to write."""
+
+    trial_id: str
+    cell: dict
+    seed: int
+    budget: int
+    params: dict[str, str]
+    results: list[dict] = field(default_factory=list)  # not yet written, in arrival order
+    last_docs: int = 0
+    node: Optional[str] = None
+    node_written: Optional[str] = None
+    end: Optional[dict] = None  # {"status", "tags", "outputs": (filesystem, path) | None}
+    run_id: Optional[str] = None
+    logged: set = field(default_factory=set)  # steps in the run's history
+    closed: bool = False  # the run was already FINISHED/FAILED in MLflow when found again
+    done: bool = False
+
+
+class MLflowWriter:
+    """Every MLflow write of one sweep, on one thread, retried with backoff while the tracking server is away.
+
+    The producer methods (``trial``, ``result``, ``end_trial``, ``end_sweep``) only record and never
+    block; ``flush`` waits, with a timeout, until everything recorded is written.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_key: str,
+                 params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_name = sweep_name
         self.sweep_key = sweep_key
-        self.budget_docs = budget_docs
         self.params = params or {}
         self.artifacts = artifacts or {}
-        self._client = None
-        self._runs: dict[str, str] = {}
-        self._nodes: dict[str, str] = {}
+        self.experiment_id: Optional[str] = None
         self.parent_id: Optional[str] = None
-
-    def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment state
-        s = dict(self.__dict__)
-        s["_client"] = None
-        s["_runs"] = {}
-        s["_nodes"] = {}
-        s["parent_id"] = None
-        return s
+        self._sweep_end: Optional[int] = None  # failed-trial count once the sweep ended, until written
+        self._trials: dict[str, _Trial] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._client = None
+        self.down_since: Optional[float] = None
+        self._last_warning = 0.0
+        self.written = 0
 
     @property
     def client(self):
@@ -104,127 +161,326 @@ class MLflowTracking(Callback):
             self._client = _client(self.tracking_uri)
         return self._client
 
-    # -- parent --------------------------------------------------------------------------------
-    def setup(self, **info) -> None:
-        self.ensure_parent()
+    # -- producer side (Tune's event loop): record and return ---------------------------------------
+    def start(self) -> "MLflowWriter":
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=f"mlflow-writer-{self.sweep_name}", daemon=True)
+            self._thread.start()
+        return self
 
-    def ensure_parent(self) -> str:
+    def trial(self, trial_id: str, cell: dict, seed: int, budget: int, params: dict[str, str]) -> None:
+        with self._lock:
+            if trial_id not in self._trials:
+                self._trials[trial_id] = _Trial(trial_id, cell, seed, budget, params)
+        self._wake.set()
+
+    def result(self, trial_id: str, result: dict) -> None:
+        with self._lock:
+            t = self._trials[trial_id]
+            t.results.append(dict(result))
+            t.last_docs = max(t.last_docs, int(result.get("docs_seen", 0)))
+            if isinstance(result.get("node_id"), str):
+                t.node = result["node_id"]
+            t.done = False
+        self._wake.set()
+
+    def end_trial(self, trial_id: str, status: str, tags: Optional[dict[str, str]] = None, outputs: Any = None) -> None:
+        """``status`` FINISHED or FAILED; ``outputs``: ``(pyarrow filesystem, path)`` of the trial's files."""
+        with self._lock:
+            t = self._trials[trial_id]
+            tags = dict(tags or {})
+            if status == "FINISHED":
+                tags[STOPPED_EARLY] = str(t.last_docs < t.budget).lower()
+            t.end = {"status": status, "tags": tags, "outputs": outputs}
+            t.done = False
+        self._wake.set()
+
+    def end_sweep(self, failed: int) -> None:
+        with self._lock:
+            self._sweep_end = failed
+        self._wake.set()
+
+    def waiting(self) -> tuple[int, int]:
+        """``(results, trials)`` still to be written."""
+        with self._lock:
+            busy = [t for t in self._trials.values() if not t.done]
+            return sum(len(t.results) for t in busy), len(busy)
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self.parent_id is not None and self._sweep_end is None and all(t.done for t in self._trials.values())
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything recorded is written, at most ``timeout`` seconds; True when it is."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.idle():
+                return True
+            self._wake.set()
+            time.sleep(0.2)
+        return self.idle()
+
+    # -- the writer thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            self._wake.wait(timeout=backoff or 5.0)
+            self._wake.clear()
+            try:
+                self._write()
+            except Exception as e:  # noqa: BLE001 (any failure to reach MLflow: retried, training goes on)
+                now = time.monotonic()
+                if self.down_since is None:
+                    self.down_since, self._last_warning = now, 0.0
+                if now - self._last_warning >= 30:
+                    results, trials = self.waiting()
+                    logger.warning("MLflow at %s unreachable for %.0f s (%s): %d results of %d trials waiting; training goes on",
+                                   self.tracking_uri, now - self.down_since, str(e).splitlines()[0][:160], results, trials)
+                    self._last_warning = now
+                backoff = min(30.0, max(1.0, backoff * 2))
+                continue
+            if self.down_since is not None:
+                logger.warning("MLflow at %s is back after %.0f s; waiting results written", self.tracking_uri,
+                               time.monotonic() - self.down_since)
+                self.down_since = None
+            backoff = 0.0
+
+    def _write(self) -> None:
+        self._ensure_parent()
+        with self._lock:
+            todo = [t for t in self._trials.values() if not t.done]
+        for t in todo:
+            try:
+                self._write_trial(t)
+            except Exception as e:  # noqa: BLE001
+                if not _permanent(e):
+                    raise
+                logger.error("MLflow refused a write of trial %s (%s); it is skipped", t.trial_id, e)
+                with self._lock:
+                    t.results.clear()
+                    t.done = True
+        with self._lock:
+            end, all_done = self._sweep_end, all(t.done for t in self._trials.values())
+        if end is not None and all_done:
+            self.client.set_tag(self.parent_id, "ranksweep.failed_trials", str(end))
+            self.client.set_terminated(self.parent_id, "FINISHED")
+            with self._lock:
+                self._sweep_end = None
+
+    def _ensure_parent(self) -> None:
         if self.parent_id:
-            return self.parent_id
+            return
         c = self.client
         exp = c.get_experiment_by_name(self.experiment)
         exp_id = exp.experiment_id if exp else c.create_experiment(self.experiment, artifact_location=artifact_location(
             self.tracking_uri, self.experiment))
-        self.experiment_id = exp_id
-        found = c.search_runs([exp_id], filter_string=f"tags.`ranksweep.sweep_key` = '{self.sweep_key}' and tags.`ranksweep.role` = 'sweep'")
+        found = c.search_runs([exp_id], filter_string=f"tags.`{SWEEP_KEY}` = '{self.sweep_key}' and tags.`{ROLE}` = 'sweep'")
         if found:
-            self.parent_id = found[0].info.run_id
-            c.update_run(self.parent_id, status="RUNNING")
-            logger.info("reattached to MLflow sweep run %s", self.parent_id)
-            return self.parent_id
-        from importlib.metadata import version
-
-        import ray
-
-        tags = {"ranksweep.role": "sweep", "ranksweep.sweep_key": self.sweep_key, "ranksweep.version": version("ranksweep"),
-                "ray.version": ray.__version__}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        run = c.create_run(exp_id, run_name=self.sweep_name, tags=tags)
-        self.parent_id = run.info.run_id
-        for k, v in flatten(self.params).items():
-            c.log_param(self.parent_id, k, v)
-        for name, text in self.artifacts.items():
-            c.log_text(self.parent_id, text, name)
-        return self.parent_id
-
-    def on_experiment_end(self, trials, **info) -> None:
-        if self.parent_id:
-            failed = sum(t.status == "ERROR" for t in trials)
-            self.client.set_tag(self.parent_id, "ranksweep.failed_trials", str(failed))
-            self.client.set_terminated(self.parent_id, "FINISHED")
-
-    # -- children ------------------------------------------------------------------------------
-    def child(self, trial) -> str:
-        tid = trial.trial_id
-        if tid in self._runs:
-            return self._runs[tid]
-        c = self.client
-        parent = self.ensure_parent()
-        found = c.search_runs([self.experiment_id], filter_string=f"tags.`ranksweep.trial_id` = '{tid}' and tags.`mlflow.parentRunId` = '{parent}'")
-        if found:
-            run_id = found[0].info.run_id
-            if found[0].info.status != "FINISHED":
-                c.update_run(run_id, status="RUNNING")
+            parent = found[0].info.run_id
+            c.update_run(parent, status="RUNNING")
+            logger.info("reattached to MLflow sweep run %s", parent)
         else:
-            cell, seed = trial.config.get("params", {}), trial.config.get("seed", 0)
-            tags = {"mlflow.parentRunId": parent, "ranksweep.role": "trial", "ranksweep.trial_id": tid,
-                    "ranksweep.cell": json.dumps(cell, sort_keys=True, default=list), "ranksweep.seed": str(seed)}
-            run_id = c.create_run(self.experiment_id, run_name=run_name(cell, seed), tags=tags).info.run_id
-            from .trainable import resolve_trial
+            from importlib.metadata import version
 
-            resolved = resolve_trial(self.base, cell, seed)
-            for k, v in {**flatten(resolved), **{f"axis.{k}": str(v) for k, v in cell.items()}, "seed": str(seed)}.items():
-                c.log_param(run_id, k, v)
-        self._runs[tid] = run_id
-        return run_id
+            import ray
+            from mlflow.entities import Param
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.child(trial)
+            tags = {ROLE: "sweep", SWEEP_KEY: self.sweep_key, "ranksweep.version": version("ranksweep"), "ray.version": ray.__version__}
+            commit = git_commit()
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
+            parent = c.create_run(exp_id, run_name=self.sweep_name, tags=tags).info.run_id
+            params = [Param(k, v) for k, v in flatten(self.params).items()]
+            for i in range(0, len(params), 100):
+                c.log_batch(parent, params=params[i : i + 100])
+            for name, text in self.artifacts.items():
+                c.log_text(parent, text, name)
+        self.experiment_id, self.parent_id = exp_id, parent
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        from mlflow.entities import Metric
+    def _attach(self, t: _Trial) -> None:
+        """Find the trial's run again (its logged steps with it) or create it with its params."""
+        from mlflow.entities import Param
 
-        run_id = self.child(trial)
-        step = int(result.get("docs_seen", 0))
-        ts = int(1000 * result.get("timestamp", 0)) or 0
-        metrics = [Metric(mlflow_key(k), float(v), ts, step) for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and ("/" in k or k in ("docs_seen", "steps", "epoch", "eval_seconds"))
-                   and math.isfinite(float(v))]
-        node = result.get("node_id")
-        tags = []
-        if isinstance(node, str) and self._nodes.get(trial.trial_id) != node:  # where the trial runs (it moves when a node is lost)
-            from mlflow.entities import RunTag
+        c = self.client
+        found = c.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_ID}` = '{t.trial_id}' and tags.`{PARENT}` = '{self.parent_id}'")
+        if found:
+            run = found[0]
+            t.logged = {int(m.step) for m in c.get_metric_history(run.info.run_id, "docs_seen")}
+            t.closed = run.info.status in ("FINISHED", "FAILED")
+            if not t.closed and t.end is None:
+                c.update_run(run.info.run_id, status="RUNNING")
+            t.run_id = run.info.run_id
+            if run.data.params:
+                return
+        else:
+            tags = {PARENT: self.parent_id, ROLE: "trial", TRIAL_ID: t.trial_id, CELL: json.dumps(t.cell, sort_keys=True, default=list),
+                    SEED: str(t.seed)}
+            t.run_id = c.create_run(self.experiment_id, run_name=run_name(t.cell, t.seed), tags=tags).info.run_id
+        params = [Param(k, v) for k, v in t.params.items()]
+        for i in range(0, len(params), 100):
+            c.log_batch(t.run_id, params=params[i : i + 100])
 
-            self._nodes[trial.trial_id] = node
-            tags.append(RunTag(NODE_ID, node))
-        if metrics or tags:
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+    def _write_trial(self, t: _Trial) -> None:
+        from mlflow.entities import RunTag
 
-    def _artifacts(self, run_id: str, trial) -> None:
+        c = self.client
+        if t.run_id is None:
+            self._attach(t)
+        with self._lock:
+            batch, node, end = list(t.results), t.node, t.end
+        metrics, steps = [], []
+        for r in batch:
+            step, _, ms = result_metrics(r)
+            if step not in t.logged and step not in steps:
+                metrics.extend(ms)
+                steps.append(step)
+        tags = [RunTag(NODE_ID, node)] if node and node != t.node_written else []
+        for i in range(0, max(len(metrics), 1), 900):  # MLflow takes up to 1000 metrics per batch
+            if metrics[i : i + 900] or (tags and i == 0):
+                c.log_batch(t.run_id, metrics=metrics[i : i + 900], tags=tags if i == 0 else [])
+        with self._lock:
+            del t.results[: len(batch)]
+            t.logged.update(steps)
+            t.node_written = node or t.node_written
+            self.written += len(steps)
+        with self._lock:
+            if t.results:  # more results came meanwhile: the next round writes them first
+                return
+        if end is not None and not t.closed:
+            if end["tags"]:
+                c.log_batch(t.run_id, tags=[RunTag(k, v) for k, v in end["tags"].items()])
+            if end["outputs"] is not None:
+                self._log_outputs(t, *end["outputs"])
+            c.set_terminated(t.run_id, end["status"])
+        with self._lock:
+            # done: nothing waits, and the trial has not ended or its end was written in this round
+            t.done = not t.results and (t.end is None or end is not None)
+
+    def _log_outputs(self, t: _Trial, fs, path: str) -> None:
         """Log the trial's output files, read from the sweep's storage (a shared path or a URI) where Ray synced them."""
-        import tempfile
-
         import pyarrow.fs
 
-        from .trainable import OUTPUTS
-
-        fs, path = trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{OUTPUTS}"
         if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
-            logger.warning("trial %s: no outputs at %s", trial.trial_id, trial.path)
+            logger.warning("trial %s: no outputs at %s", t.trial_id, path)
             return
         with tempfile.TemporaryDirectory() as tmp:
             pyarrow.fs.copy_files(path, tmp, source_filesystem=fs)
-            self.client.log_artifacts(run_id, tmp)
+            self.client.log_artifacts(t.run_id, tmp)
+
+
+_WRITERS: dict[str, MLflowWriter] = {}  # one live writer per sweep in this process (the callback and reconcile share it)
+_URIS: dict[str, str] = {}  # the tracking URI the current run asked for, per sweep (a restored callback takes it)
+
+
+def writer_for(sweep_key: str, make) -> MLflowWriter:
+    """The sweep's live writer in this process, made and started by ``make()`` when there is none."""
+    w = _WRITERS.get(sweep_key)
+    if w is None or w.tracking_uri != _URIS.get(sweep_key, w.tracking_uri):
+        w = _WRITERS[sweep_key] = make()
+    return w.start()
+
+
+def use_tracking_uri(sweep_key: str, uri: str) -> None:
+    """Tracking of ``sweep_key`` in this process goes to ``uri`` (a callback restored with an older URI follows)."""
+    _URIS[sweep_key] = uri
+
+
+def trial_params(base: dict, cell: dict, seed: int) -> tuple[int, dict[str, str]]:
+    """A trial's budget and its MLflow params: the full resolved config (defaults included), its axes and seed."""
+    cfg = TrialConfig.from_dict({**apply(base, cell), "seed": seed})
+    params = {**flatten(cfg.to_dict()), **{f"axis.{k}": str(v) for k, v in cell.items()}, "seed": str(seed)}
+    params.pop("output_dir", None)
+    return cfg.budget_docs, params
+
+
+def reconcile(writer: MLflowWriter, results, base: dict) -> None:
+    """Hand every trial of a ResultGrid to the writer: whatever MLflow lacks of them gets written.
+
+    Ray keeps each trial's results and files in the sweep's storage; after a sweep whose writer
+    could not finish (the tracking server away, the driver killed), a later ``--resume`` writes
+    them from there. Steps already in a run are skipped, so a complete sweep costs one look per trial.
+    """
+    from .trainable import OUTPUTS
+
+    for r in results:
+        config = r.config or {}
+        tid = (r.metrics or {}).get("trial_id")
+        if not tid:
+            continue
+        cell, seed = config.get("params", {}), int(config.get("seed", 0))
+        with writer._lock:
+            known = writer._trials.get(tid)
+            if known is not None and known.done:
+                continue
+        budget, params = trial_params(base, cell, seed)
+        writer.trial(tid, cell, seed, budget, params)
+        try:
+            rows = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None else [r.metrics]
+        except Exception:  # noqa: BLE001 (no progress file: only the last result is known)
+            rows = [r.metrics]
+        for row in sorted(rows, key=lambda x: x.get("docs_seen", 0)):
+            writer.result(tid, {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))})
+        status = "FAILED" if r.error else "FINISHED"
+        tags = {ERROR: str(r.error)[-4000:]} if r.error else {}
+        writer.end_trial(tid, status, tags, (r.filesystem, f"{r.path}/{OUTPUTS}"))
+
+
+class MLflowTracking(Callback):
+    """Ray Tune callback: hands the sweep's events to its ``MLflowWriter`` (it never calls MLflow itself)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_key: str, base: Optional[dict] = None,
+                 params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None, flush_timeout: float = 600.0) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.sweep_name = sweep_name
+        self.sweep_key = sweep_key
+        self.base = base or {}
+        self.params = params or {}
+        self.artifacts = artifacts or {}
+        self.flush_timeout = flush_timeout
+        self.writer: Optional[MLflowWriter] = None
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment state
+        s = dict(self.__dict__)
+        s["writer"] = None
+        return s
+
+    def make_writer(self) -> MLflowWriter:
+        uri = _URIS.get(self.sweep_key, self.tracking_uri)
+        return MLflowWriter(uri, self.experiment, self.sweep_name, self.sweep_key, self.params, self.artifacts)
+
+    def setup(self, **info) -> None:
+        bound_http_retries()
+        self.writer = writer_for(self.sweep_key, self.make_writer)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        cell, seed = trial.config.get("params", {}), int(trial.config.get("seed", 0))
+        budget, params = trial_params(self.base, cell, seed)
+        self.writer.trial(trial.trial_id, cell, seed, budget, params)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.writer.result(trial.trial_id, result)
+
+    def _outputs(self, trial):
+        from .trainable import OUTPUTS
+
+        return trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{OUTPUTS}"
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run_id = self.child(trial)
-        last = trial.last_result or {}
-        docs = int(last.get("docs_seen", 0))
-        early = docs < self.budget_docs
-        self.client.set_tag(run_id, "ranksweep.stopped_early", str(early).lower())
-        self._artifacts(run_id, trial)
-        self.client.set_terminated(run_id, "FINISHED")
+        self.writer.end_trial(trial.trial_id, "FINISHED", {}, self._outputs(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self.child(trial)
         err = ""
         try:
             if trial.error_file and Path(trial.error_file).exists():
                 err = Path(trial.error_file).read_text()[-4000:]
         except (OSError, AttributeError):
             pass
-        self.client.set_tag(run_id, "ranksweep.error", err or "trial failed (see the Ray trial folder)")
-        self._artifacts(run_id, trial)
-        self.client.set_terminated(run_id, "FAILED")
+        self.writer.end_trial(trial.trial_id, "FAILED", {ERROR: err or "trial failed (see the Ray trial folder)"}, self._outputs(trial))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.writer.end_sweep(sum(t.status == "ERROR" for t in trials))
+        if not self.writer.flush(self.flush_timeout):
+            results, n = self.writer.waiting()
+            logger.warning("MLflow at %s: %d results of %d trials not written yet; they are kept in Ray's results, and "
+                           "`ranksweep run <spec> --resume` writes them once MLflow is back", self.writer.tracking_uri, results, n)

@@ -13,13 +13,15 @@ from ranksweep.core import TrialConfig
 
 from .prepare import RayExecutor, check_shared, prepare_shared, shared_cache_path
 from .spec import SpecError, Sweep
+from .tracking import bound_http_retries, reconcile, use_tracking_uri, writer_for
 
 logger = logging.getLogger(__name__)
 
 
 def sweep_key(sweep: Sweep) -> str:
-    """Identity of a sweep across driver restarts: its name, storage and resolved spec."""
-    blob = json.dumps({"name": sweep.name, "storage": sweep.storage, "spec": sweep.raw}, sort_keys=True, default=str)
+    """Identity of a sweep across driver restarts: its name, storage and spec (not where it is tracked)."""
+    spec = {k: v for k, v in sweep.raw.items() if k != "tracking"}
+    blob = json.dumps({"name": sweep.name, "storage": sweep.storage, "spec": spec}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -65,10 +67,9 @@ def callbacks(sweep: Sweep, tracking_uri: Optional[str] = None) -> list:
     from .spec import dump
     from .tracking import MLflowTracking
 
-    cfg = sweep.base_config()
     params = {"spec": sweep.raw, "axes": sweep.space.keys(), "trials": sweep.trial_count()}
-    return [MLflowTracking(tracking_uri or sweep.tracking_uri, sweep.experiment, sweep.name, sweep_key(sweep), cfg.budget_docs,
-                           base=sweep.base, params=params, artifacts={"sweep.yaml": dump(sweep)})]
+    return [MLflowTracking(tracking_uri or sweep.tracking_uri, sweep.experiment, sweep.name, sweep_key(sweep), base=sweep.base,
+                           params=params, artifacts={"sweep.yaml": dump(sweep)}, flush_timeout=sweep.fields.tracking.flush_timeout)]
 
 
 def build_tuner(sweep: Sweep, prepared: dict[str, str], tracking_uri: Optional[str] = None):
@@ -126,9 +127,21 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
     check_shared({"cache (data.cache_dir / RANKSWEEP_CACHE)": shared_cache_path(sweep.base_config().data.cache_dir),
                   "storage": sweep.fields.storage})
     prepared = prepare_shared(sweep, RayExecutor())
+    track = callbacks(sweep, tracking_uri)[0]
+    use_tracking_uri(track.sweep_key, track.tracking_uri)  # a restored callback writes where this run asks, too
+    bound_http_retries()
     if resume:
         tuner = tune.Tuner.restore(path, trainable=trainable(sweep, prepared), resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
     else:
         tuner = build_tuner(sweep, prepared, tracking_uri)
-    return tuner.fit()
+    results = tuner.fit()
+    # whatever MLflow lacks (the server was away, an earlier driver was killed) is written from Ray's results
+    writer = writer_for(track.sweep_key, track.make_writer)
+    reconcile(writer, results, sweep.base)
+    writer.end_sweep(len(results.errors))
+    if not writer.flush(sweep.fields.tracking.flush_timeout):
+        n, trials = writer.waiting()
+        logger.warning("MLflow at %s is still unreachable: %d results of %d trials not written; they are kept in Ray's results "
+                       "at %s, and `ranksweep run <spec> --resume` writes them once MLflow is back", writer.tracking_uri, n, trials, path)
+    return results

@@ -81,3 +81,52 @@ def fast_config(tmp_path, **over) -> dict:
             cur = cur.setdefault(p, {})
         cur[parts[-1]] = v
     return d
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A local ``mlflow server`` (SQLite store) in its own process group: started, killed and restarted on one port."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder, self.port = Path(folder), port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 90) -> "MlflowServer":
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
+                                      "--default-artifact-root", str(self.folder / "artifacts")],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"mlflow server on port {self.port} did not start")
+
+    def stop(self, sig=None) -> None:
+        import signal
+
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig or signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self.proc = None

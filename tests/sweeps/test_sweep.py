@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import yaml
-from conftest import REPO, fast_config
+from conftest import REPO, MlflowServer, fast_config
 
 pytestmark = pytest.mark.ray
 
@@ -150,31 +149,12 @@ def test_driver_killed_mid_sweep_resumes_without_duplicates(tmp_path, tiny_model
             assert len(c.get_metric_history(r.info.run_id, "docs_seen")) == 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_small_sweep_against_a_local_mlflow_server_with_storage_as_a_uri(tmp_path, tiny_model):
     """MLflow over HTTP, and the sweep's storage given as a pyarrow URI (``file://`` takes the same path as
     ``s3://``): trial outputs reach MLflow through Ray's storage, not through a path the driver shares."""
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                               "--default-artifact-root", str(tmp_path / "artifacts")],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path).start()
+    uri = server.url
     try:
-        import urllib.request
-
-        for _ in range(90):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(1)
         spec = _tiny_sweep(tmp_path, tiny_model, "sqlite:///unused.db", ["kl", "lce"], budget=64, concurrent=2,
                            storage=(tmp_path / "ray").as_uri())
         out = _cli("run", str(spec), "--tracking-uri", uri)
@@ -188,5 +168,4 @@ def test_small_sweep_against_a_local_mlflow_server_with_storage_as_a_uri(tmp_pat
         assert list((tmp_path / "ray" / "tiny").glob("train_trial_*/outputs/final.json"))  # where Ray put them
         assert "best settings" in log
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        server.stop()
