@@ -73,10 +73,19 @@ def load_encoder(name: str, num_layers: Optional[int] = None):
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``: CUDA when usable, else the CPU; ``cuda``/``cuda:N`` raise naming this host when CUDA is not usable."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    if device.startswith("cuda"):
+        import socket
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available on {socket.gethostname()} "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); a GPU trial does not fall back to the CPU")
+        try:
+            torch.zeros(1, device=device)
+        except RuntimeError as e:
+            raise RuntimeError(f"device {device!r}: CUDA is not usable on {socket.gethostname()}: {e}") from None
     return torch.device(device)
 
 

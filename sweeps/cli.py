@@ -53,12 +53,19 @@ def main_trial(args: list[str]) -> int:
         print(f"ranksweep trial: invalid config: {e}", file=sys.stderr)
         return 2
     from ranksweep.core import run_trial
+    from ranksweep.core.data.cache import CacheError
+    from ranksweep.core.data.collections import DatasetError
+    from ranksweep.core.teachers import TeacherError
 
     def report(metrics: dict[str, float], docs: int) -> None:
         keys = [k for k in (f"dev/{cfg.eval.selection}", "train/loss", "probe/diameter", "train/teacher_entropy", "train/docs_per_s") if k in metrics]
         logger.info("docs %d: %s", docs, "  ".join(f"{k}={metrics[k]:.4f}" for k in keys))
 
-    final = run_trial(cfg, report=report)
+    try:
+        final = run_trial(cfg, report=report)
+    except (DatasetError, TeacherError, CacheError) as e:  # bad input data or an unusable cache: finished files stay
+        print(f"ranksweep trial: {e}", file=sys.stderr)
+        return 2
     if a.json:
         print(json.dumps(final, indent=1, sort_keys=True))
     else:
@@ -97,12 +104,16 @@ def main_run(args: list[str]) -> int:
     if a.dry_run:
         print(dry_run_summary(sweep, a.docs_per_s))
         return 0
+    from ranksweep.core.data.cache import CacheError
+    from ranksweep.core.data.collections import DatasetError
+    from ranksweep.core.preparation import NotPrepared
+    from ranksweep.core.teachers import TeacherError
     from ranksweep.sweeps.best import best, format_rows
     from ranksweep.sweeps.tuner import run_sweep
 
     try:
         results = run_sweep(sweep, address=a.address, resume=a.resume)
-    except SpecError as e:
+    except (SpecError, DatasetError, TeacherError, NotPrepared, CacheError) as e:
         print(f"ranksweep run: {e}", file=sys.stderr)
         return 2
     errors = len(results.errors)

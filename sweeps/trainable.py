@@ -47,6 +47,8 @@ def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: lis
     if gpus <= 0:
         d["num_threads"] = max(1, int(cpus))
         d["device"] = "cpu"
+    else:
+        d["device"] = "cuda"  # a GPU trial never falls back to the CPU: resolve_device raises if CUDA is unusable here
     cfg = TrialConfig.from_dict(d)
     trial = Trial(cfg, prepared[combo_key(cell, axes)])
     restored = 0

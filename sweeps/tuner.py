@@ -101,6 +101,51 @@ def experiment_path(sweep: Sweep) -> str:
     return str(Path(sweep.storage) / sweep.name) if "://" not in sweep.storage else f"{sweep.storage.rstrip('/')}/{sweep.name}"
 
 
+def reachable_address(address: str, timeout: Optional[float] = None) -> str:
+    """The host:port a Ray ``address`` (``auto`` included) names, once something answers there; else a ``SpecError``.
+
+    ``ray.init`` retries an unreachable cluster for many minutes; this gives up after ``timeout``
+    seconds (default ``$RANKSWEEP_CONNECT_TIMEOUT`` or 30) and names the address.
+    """
+    import socket
+    import time
+
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if address.startswith("ray://"):
+        return address
+    timeout = float(os.environ.get("RANKSWEEP_CONNECT_TIMEOUT", 30)) if timeout is None else timeout
+    where = canonicalize_bootstrap_address(address)
+    if where is None:
+        raise SpecError(f"--address {address}: no Ray cluster is recorded on this machine (RAY_ADDRESS is unset); start one "
+                        "with `ray start --head`, or drop --address to run on a fresh local Ray")
+    host, port = where.rsplit(":", 1)
+    deadline, err = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+            return where
+        except OSError as e:
+            err = e
+            time.sleep(1)
+    raise SpecError(f"--address {address}: no Ray cluster answers at {where} after {timeout:.0f} s ({err})")
+
+
+def check_writable(paths: dict[str, str]) -> None:
+    """One line naming the path, before any work, when a local path cannot be created or written to."""
+    for what, path in paths.items():
+        if "://" in path:
+            continue
+        p = Path(path).expanduser()
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            probe = p / f".ranksweep-write-check-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise SpecError(f"{what}: cannot write to {p}: {e.strerror or e}") from None
+
+
 def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optional[str] = None, resume: bool = False):
     """Prepare shared data, start (or reattach to) Ray, run or resume the sweep; return the ResultGrid."""
     import ray
@@ -119,13 +164,17 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
         if torch.cuda.device_count() == 0:
             raise SpecError(f"resources.gpu: {sweep.fields.resources.gpu} GPU per trial requested but this machine has none "
                             "(set resources.gpu: 0, or pass --address of a cluster with GPU workers)")
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+    # no --address: a fresh local Ray, never a cluster some earlier run left recorded on this machine
+    ray.init(address=reachable_address(address) if address else "local", ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=True,
              runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                        if k in ("IR_DATASETS_HOME", "RANKSWEEP_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE")}})
     if sweep.fields.resources.gpu > 0 and ray.cluster_resources().get("GPU", 0) == 0:
         logger.warning("no GPU in the cluster yet: trials wait until the autoscaler adds GPU workers")
-    check_shared({"cache (data.cache_dir / RANKSWEEP_CACHE)": shared_cache_path(sweep.base_config().data.cache_dir),
-                  "storage": sweep.fields.storage})
+    shared = {"cache (data.cache_dir / RANKSWEEP_CACHE)": shared_cache_path(sweep.base_config().data.cache_dir),
+              "storage": sweep.fields.storage}
+    check_shared(shared)  # on a cluster: absolute paths that every node sees
+    check_writable({**shared, "storage": sweep.storage})
     prepared = prepare_shared(sweep, RayExecutor())
     track = callbacks(sweep, tracking_uri)[0]
     use_tracking_uri(track.sweep_key, track.tracking_uri)  # a restored callback writes where this run asks, too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -21,11 +22,18 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 2
 
 
+class CacheError(OSError):
+    """The cache cannot be created or written (a read-only or full disk, a path through a file)."""
+
+
 def cache_root(configured: Optional[str] = None) -> Path:
     """The cache folder: ``configured``, else ``$RANKSWEEP_CACHE``, else ``~/.cache/ranksweep``."""
     root = configured or os.environ.get("RANKSWEEP_CACHE") or str(Path.home() / ".cache" / "ranksweep")
     p = Path(root).expanduser().resolve()
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheError(f"cache: cannot create {p}: {e.strerror or e}") from None
     return p
 
 
@@ -57,7 +65,13 @@ def stage(root: Path, kind: str, key: Any, build: Callable[[Path], None]) -> Pat
         try:
             logger.info("building %s %s", kind, h)
             t0 = time.perf_counter()
-            build(tmp)
+            try:
+                build(tmp)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+                    raise CacheError(f"cache: building {kind} in {root} failed: {e.strerror} ({e.filename or root}); "
+                                     "stages already built are kept, so free the space or fix the path and run again") from None
+                raise
             seconds = time.perf_counter() - t0
             (tmp / "build.json").write_text(json.dumps({"kind": kind, "seconds": seconds, "host": socket.gethostname()}))
             (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, indent=1, default=str))

@@ -80,3 +80,72 @@ def test_readme_shows_the_quickstart_report_as_the_command_wrote_it():
     data = json.loads((folder / "report.json").read_text())
     assert data["sweep"] == "quickstart" and data["counts"]["finished"] == 12
     assert data["equivalence"]["best"] == data["cells"][0]["label"]
+
+
+def _one_line_exit_2(out, prog: str) -> str:
+    """An expected failure: exit code 2 and one line on stderr naming the problem, no traceback."""
+    lines = [x for x in out.stderr.splitlines() if x.strip() and " INFO " not in x and " WARNING " not in x]
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(lines) == 1 and lines[0].startswith(f"ranksweep {prog}: "), out.stderr[-2000:]
+    return lines[0]
+
+
+def test_best_and_report_against_a_closed_port_fail_fast_naming_the_uri(tmp_path):
+    import time
+
+    from conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    for args in (["best", "--experiment", "x", "--tracking-uri", uri],
+                 ["report", "--experiment", "x", "--tracking-uri", uri, "--out", str(tmp_path / "r")]):
+        t0 = time.monotonic()
+        out = _cli(*args)
+        assert time.monotonic() - t0 < 15
+        assert f"cannot reach MLflow at {uri}" in _one_line_exit_2(out, args[0])
+
+
+def test_address_auto_with_no_cluster_answering_fails_fast_naming_it(tmp_path):
+    import time
+
+    from conftest import free_port
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "nowhere", "base": str(REPO / "sweeps" / "trials" / "scifact_bi.yaml"),
+                                    "space": "quickstart", "storage": str(tmp_path / "ray"), "scheduler": {"name": "none"}}))
+    dead = f"127.0.0.2:{free_port('127.0.0.2')}"
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "ranksweep.sweeps.cli", "run", str(spec), "--address", "auto"], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, RAY_ADDRESS=dead, RANKSWEEP_CONNECT_TIMEOUT="5"))
+    assert time.monotonic() - t0 < 30
+    assert f"--address auto: no Ray cluster answers at {dead} after 5 s" in _one_line_exit_2(out, "run")
+    assert not (tmp_path / "ray").exists()  # nothing started, nothing written
+
+
+def test_bad_data_and_an_unusable_cache_exit_2_with_one_line(tmp_path, tiny_model):
+    import gzip
+    import shutil
+
+    from conftest import TINY_BEIR
+
+    def trial(**over):
+        d = fast_config(tmp_path, **{"student.model": tiny_model, "student.num_layers": None, **over})
+        path = tmp_path / "t.yaml"
+        path.write_text(yaml.safe_dump(d))
+        return _cli("trial", str(path))
+
+    # a malformed local collection: the file and line are named
+    folder = tmp_path / "broken"
+    shutil.copytree(TINY_BEIR, folder)
+    with (folder / "corpus.jsonl").open("a") as f:
+        f.write('{"_id": "d99", "text": "unterminated\n')
+    line = _one_line_exit_2(trial(**{"data.train": f"local:{folder}:test", "data.eval": []}), "trial")
+    assert "corpus.jsonl:9: malformed JSON line" in line
+    # a teacher file that lacks pairs the candidates need
+    teacher = tmp_path / "teacher.json.gz"
+    with gzip.open(teacher, "wt") as f:
+        json.dump({"0": {"4983": 1.0}}, f)
+    line = _one_line_exit_2(trial(teacher={"kind": "file", "path": str(teacher)}), "trial")
+    assert f"teacher file {teacher} lacks" in line and "on_missing: drop" in line
+    # a cache that cannot be created
+    line = _one_line_exit_2(trial(**{"data.cache_dir": "/dev/null/cache"}), "trial")
+    assert line == "ranksweep trial: cache: cannot create /dev/null/cache: Not a directory"

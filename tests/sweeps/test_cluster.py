@@ -136,6 +136,24 @@ def test_a_relative_storage_path_on_a_cluster_is_refused_before_any_work(cluster
     assert not (tmp / "cache").exists() and not (tmp / "runs").exists()  # nothing was prepared or written
 
 
+def test_a_gpu_trial_on_a_node_without_usable_cuda_fails_loudly(cluster, models, tmp_path_factory):
+    """The workers declare a GPU that CUDA cannot use: the trial fails (after its retry), never trains on the CPU."""
+    from mlflow.tracking import MlflowClient
+
+    from ranksweep.sweeps.spec import load_sweep
+    from ranksweep.sweeps.tuner import run_sweep
+
+    c, _, _ = cluster
+    tmp = tmp_path_factory.mktemp("gpu")
+    spec = _sweep_spec(tmp, _collection(tmp_path_factory), models[0], 64)
+    spec.update(space={"axes": {"loss": ["kl"]}}, resources={"cpu": 1, "gpu": 1}, retries=1, prepare={"cpus": 1, "gpus": 0})
+    results = run_sweep(load_sweep(spec), address=c.address)
+    assert len(results.errors) == 1 and "CUDA is not available on" in str(results.errors[0])
+    client = MlflowClient(load_sweep(spec).tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cluster").experiment_id], "tags.`ranksweep.role` = 'trial'")
+    assert run.info.status == "FAILED" and "a GPU trial does not fall back to the CPU" in run.data.tags["ranksweep.error"]
+
+
 def test_sweep_trials_run_on_workers_and_a_lost_worker_resumes_elsewhere(cluster, models, tmp_path_factory):
     from mlflow.tracking import MlflowClient
 

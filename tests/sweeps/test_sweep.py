@@ -101,9 +101,9 @@ def _tiny_sweep(tmp_path, tiny_model, uri, trials_losses, budget=96, concurrent=
     return path
 
 
-def _cli(*args, **kw):
+def _cli(*args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "ranksweep.sweeps.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ), **kw)
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **(env or {})), **kw)
 
 
 def test_driver_killed_mid_sweep_resumes_without_duplicates(tmp_path, tiny_model):
@@ -151,13 +151,17 @@ def test_driver_killed_mid_sweep_resumes_without_duplicates(tmp_path, tiny_model
 
 def test_small_sweep_against_a_local_mlflow_server_with_storage_as_a_uri(tmp_path, tiny_model):
     """MLflow over HTTP, and the sweep's storage given as a pyarrow URI (``file://`` takes the same path as
-    ``s3://``): trial outputs reach MLflow through Ray's storage, not through a path the driver shares."""
+    ``s3://``): trial outputs reach MLflow through Ray's storage, not through a path the driver shares. The
+    machine also names a Ray cluster that is gone (``RAY_ADDRESS``): without ``--address`` the sweep starts
+    a fresh local Ray instead of retrying it."""
+    from conftest import free_port
+
     server = MlflowServer(tmp_path).start()
     uri = server.url
     try:
         spec = _tiny_sweep(tmp_path, tiny_model, "sqlite:///unused.db", ["kl", "lce"], budget=64, concurrent=2,
                            storage=(tmp_path / "ray").as_uri())
-        out = _cli("run", str(spec), "--tracking-uri", uri)
+        out = _cli("run", str(spec), "--tracking-uri", uri, env={"RAY_ADDRESS": f"127.0.0.2:{free_port('127.0.0.2')}"})
         log, _ = out.communicate(timeout=600)
         assert out.returncode == 0, log[-3000:]
         c, parents, children = _runs(uri, "tiny")
