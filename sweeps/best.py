@@ -18,37 +18,53 @@ AXIS_ALIASES = {"sampler": "sampler.name", "T": "temperature", "group": "group_s
 
 
 def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: str = "max", filter: Optional[str] = None,
-         group_by: Optional[list[str]] = None, top: int = 5, sweep: Optional[str] = None) -> list[dict]:
-    """Rows of ``{settings, mean, std, n, runs}``, best first.
+         group_by: Optional[list[str]] = None, top: int = 5, sweep: Optional[str] = None, include_stopped: bool = False) -> "Rows":
+    r"""Rows of ``{settings, mean, std, n, runs}``, best first; ``rows.stopped`` names the trials left out.
 
-    Each finished trial run contributes its last ``metric`` value. Runs are grouped by their cell
-    (every searched axis, seeds pooled) or by ``group_by`` axes; ``filter`` is an MLflow filter
-    string (``params.\\`axis.loss\\` = 'kl'``). ``sweep`` restricts to one parent run by name (default:
-    the latest sweep of the experiment).
+    Which trials count is ``runs.count_trials``: by default the trials that trained their own whole
+    budget, each with its last value of ``metric`` (Ray's ``scope="last"``); the trials the scheduler
+    stopped early are not ranked but named in ``rows.stopped``. With ``include_stopped`` every
+    finished trial is compared at the largest docs-seen step all of them reached. Runs are grouped by
+    their cell (every searched axis, seeds pooled) or by ``group_by`` axes; ``filter`` is an MLflow
+    filter string (``params.\`axis.loss\` = 'kl'``). ``sweep`` restricts to one parent run by name
+    (default: the latest sweep of the experiment).
     """
-    from .runs import SweepReader
+    from .runs import SweepReader, count_trials
 
     reader = SweepReader(tracking_uri, experiment, sweep)
-    runs = reader.trials(filter=filter)
+    counted = count_trials(reader.trials(filter=filter))
+    runs = counted.full + (counted.stopped if include_stopped else [])
+    values = {r.run_id: r.metrics[metric] for r in runs if metric in r.metrics}
+    step = None
+    if include_stopped and counted.stopped:
+        step, values = reader.values_at_common_step(runs, metric)
     group_by = [AXIS_ALIASES.get(g, g) for g in group_by] if group_by else None
     groups: dict[str, list] = defaultdict(list)
     settings: dict[str, dict] = {}
     for r in runs:
-        if metric not in r.metrics:
+        if r.run_id not in values:
             continue
         key_cell = {g: r.cell.get(g, parse_value(r.params.get(g))) for g in group_by} if group_by else r.cell
         key = json.dumps(key_cell, sort_keys=True)
         settings[key] = key_cell
-        groups[key].append((r.metrics[metric], r.run_id, r.name))
+        groups[key].append((values[r.run_id], r.run_id, r.name))
     rows = []
     for key, vals in groups.items():
         xs = [v for v, _, _ in vals]
         mean = sum(xs) / len(xs)
         std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
         rows.append({"settings": settings[key], "mean": mean, "std": std, "n": len(xs),
-                     "runs": [n for _, _, n in vals], "run_ids": [i for _, i, _ in vals]})
+                     "runs": [n for _, _, n in vals], "run_ids": [i for _, i, _ in vals], "at_docs": step})
     rows.sort(key=lambda r: r["mean"], reverse=(mode == "max"))
-    return rows[:top]
+    return Rows(rows[:top], [] if include_stopped else sorted(r.name for r in counted.stopped))
+
+
+class Rows(list):
+    """``best``'s ranked rows; ``stopped`` names the trials stopped early that were not ranked."""
+
+    def __init__(self, rows: list[dict], stopped: list[str]) -> None:
+        super().__init__(rows)
+        self.stopped = stopped
 
 
 def as_trial_yaml(settings: dict) -> str:
@@ -64,6 +80,7 @@ def as_trial_yaml(settings: dict) -> str:
 
 
 def format_rows(rows: list[dict], metric: str, fmt: str = "table") -> str:
+    stopped = getattr(rows, "stopped", [])
     if fmt == "json":
         return json.dumps(rows, indent=1, default=str)
     if fmt == "csv":
@@ -76,6 +93,10 @@ def format_rows(rows: list[dict], metric: str, fmt: str = "table") -> str:
         return buf.getvalue()
     lines = []
     for i, r in enumerate(rows, 1):
-        lines.append(f"#{i}  {metric} = {r['mean']:.4f} ± {r['std']:.4f}  (n={r['n']}: {', '.join(r['runs'])})")
+        at = f" at {r['at_docs']:,} docs" if r.get("at_docs") else ""
+        lines.append(f"#{i}  {metric}{at} = {r['mean']:.4f} ± {r['std']:.4f}  (n={r['n']}: {', '.join(r['runs'])})")
         lines.extend("    " + line for line in as_trial_yaml(r["settings"]).splitlines())
+    if stopped:
+        lines.append(f"not ranked, stopped early by the scheduler: {', '.join(stopped)} (--include-stopped compares every trial "
+                     "at the step all of them reached)")
     return "\n".join(lines)

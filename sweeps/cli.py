@@ -159,13 +159,15 @@ def main_best(args: list[str]) -> int:
     p.add_argument("--sweep", default=None, help="sweep (parent run) name; default: the latest")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    p.add_argument("--include-stopped", action="store_true",
+                   help="also rank trials stopped early, comparing every trial at the largest step all of them reached")
     a = p.parse_args(args)
     from ranksweep.sweeps.best import best, format_rows
     from ranksweep.sweeps.spec import absolute_uri
 
     try:
         rows = best(a.experiment, absolute_uri(a.tracking_uri), a.metric, a.mode, a.filter,
-                    a.group_by.split(",") if a.group_by else None, a.top, a.sweep)
+                    a.group_by.split(",") if a.group_by else None, a.top, a.sweep, a.include_stopped)
     except ValueError as e:
         print(f"ranksweep best: {e}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .runs import SweepReader, TrialRun, cell_label, parse_value
+from .runs import SweepReader, TrialRun, cell_label, count_trials, parse_value
 from .stats import StatsError, correlation, equivalence, finite, marginal, mean_ci
 
 logger = logging.getLogger(__name__)
@@ -95,17 +95,8 @@ def read_sweep(experiment: str, tracking_uri: str, sweep: Optional[str] = None, 
     base = spec.get("base") or {}
     runs = reader.trials(statuses=None)
     logger.info("sweep %r of experiment %r: %d trial runs", reader.name, experiment, len(runs))
-    budget = int(base.get("budget_docs") or parse_value(reader.params.get("spec.trial.budget_docs")) or 0)
-    if not budget:
-        budget = max((r.docs_seen for r in runs if r.status == "FINISHED"), default=0)
-    finished, stopped, failed, running = [], [], [], 0
-    for r in runs:
-        if r.status == "FINISHED":
-            (finished if not r.stopped_early and r.docs_seen >= budget else stopped).append(r)
-        elif r.status in ("RUNNING", "SCHEDULED"):
-            running += 1
-        else:
-            failed.append(r)
+    counted = count_trials(runs, int(base.get("budget_docs") or parse_value(reader.params.get("spec.trial.budget_docs")) or 0))
+    finished, stopped, failed, running, budget = counted.full, counted.stopped, counted.failed, counted.running, counted.budget
     if running:
         logger.warning("%d trials of sweep %r are still running; the report covers the ended ones", running, reader.name)
     axes = spec.get("space") or [{"key": k, "values": None, "dist": None} for k in json.loads(reader.params.get("axes", "[]"))]

@@ -100,9 +100,49 @@ class TrialRun:
     def docs_seen(self) -> int:
         return int(self.metrics.get("docs_seen", 0))
 
+    @property
+    def budget(self) -> Optional[int]:
+        """The trial's own ``budget_docs`` as logged with its config (None for a run that did not log it)."""
+        v = parse_value(self.params.get("budget_docs"))
+        return int(v) if isinstance(v, (int, float)) else None
+
     def cell_key(self) -> str:
         """The cell as one stable string (seeds of a cell share it)."""
         return json.dumps(self.cell, sort_keys=True, default=list)
+
+
+@dataclass
+class Counted:
+    """A sweep's trial runs sorted by the one rule of which trials count (``count_trials``)."""
+
+    full: list[TrialRun]  # FINISHED, trained their own whole budget: these are ranked
+    stopped: list[TrialRun]  # FINISHED, stopped early by the scheduler before their budget
+    failed: list[TrialRun]
+    running: int
+    budget: int  # the sweep's budget (the largest a trial had), for display
+
+
+def count_trials(runs: list[TrialRun], fallback_budget: int = 0) -> Counted:
+    """The one rule for which trials count, used by ``best``, ``report`` and the end of ``ranksweep run``.
+
+    A finished trial counts when it trained its own whole budget: each trial's budget comes from its
+    own config (``budget_docs`` can be an axis), else ``fallback_budget``, else the most documents
+    any finished trial saw. Trials the scheduler stopped earlier are listed apart, never ranked
+    against trials that trained longer (``--include-stopped`` compares all of them at the largest
+    step every one of them reached: ``values_at_common_step``).
+    """
+    finished = [r for r in runs if r.status == "FINISHED"]
+    fallback = fallback_budget or max((r.docs_seen for r in finished), default=0)
+    full, stopped, failed, running = [], [], [], 0
+    for r in runs:
+        if r.status == "FINISHED":
+            (full if r.docs_seen >= (r.budget or fallback) else stopped).append(r)
+        elif r.status in ("RUNNING", "SCHEDULED"):
+            running += 1
+        else:
+            failed.append(r)
+    budget = max([r.budget or fallback for r in finished], default=fallback)
+    return Counted(full, stopped, failed, running, budget)
 
 
 class SweepReader:
@@ -178,6 +218,19 @@ class SweepReader:
         """``(docs seen, value)`` of ``metric`` at every evaluation of a run."""
         hist = self.client.get_metric_history(run_id, mlflow_key(metric))
         return sorted((int(m.step), float(m.value)) for m in hist)
+
+    def values_at_common_step(self, runs: list[TrialRun], metric: str) -> tuple[int, dict[str, float]]:
+        """The largest docs-seen step every run reached, and each run's ``metric`` at that step.
+
+        A run without an evaluation exactly there gives its last value before it (runs of one sweep
+        evaluate at the same steps, so this happens only when their schedules differ).
+        """
+        histories = {r.run_id: self.history(r.run_id, metric) for r in runs}
+        histories = {k: h for k, h in histories.items() if h}
+        if not histories:
+            return 0, {}
+        step = min(h[-1][0] for h in histories.values())
+        return step, {k: [v for d, v in h if d <= step][-1] for k, h in histories.items() if h[0][0] <= step}
 
     def artifact_text(self, run_id: str, path: str) -> Optional[str]:
         """The text of one artifact of a run, or None when the run has no such file."""

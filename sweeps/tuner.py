@@ -25,18 +25,39 @@ def sweep_key(sweep: Sweep) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def max_budget(sweep: Sweep) -> int:
+    """The largest ``budget_docs`` of any trial of the sweep (it can be an axis)."""
+    for a in sweep.space.axes:
+        if a.key == "budget_docs":
+            return int(max(a.values) if a.categorical else a.high)
+    return sweep.base_config().budget_docs
+
+
+def scheduler_journal(sweep: Sweep) -> Path:
+    """Where the scheduler's journal lives: beside the experiment, or in the cache when storage is a URI."""
+    if "://" not in sweep.storage:
+        return Path(experiment_path(sweep)) / "ranksweep-scheduler.jsonl"
+    from ranksweep.core.data.cache import cache_root
+
+    return cache_root(sweep.base_config().data.cache_dir) / "journals" / f"{sweep_key(sweep)}.jsonl"
+
+
 def _scheduler(sweep: Sweep, cfg: TrialConfig):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+
+    from .schedulers import Resumable
 
     s = sweep.fields.scheduler
     grace = s.grace_docs or cfg.eval_every_docs
     if s.name == "asha":
-        return ASHAScheduler(time_attr="docs_seen", max_t=cfg.budget_docs, grace_period=grace, reduction_factor=s.reduction_factor)
-    if s.name == "median":
-        return MedianStoppingRule(time_attr="docs_seen", grace_period=grace, min_samples_required=3)
-    if s.name == "hyperband":
-        return HyperBandScheduler(time_attr="docs_seen", max_t=cfg.budget_docs, reduction_factor=s.reduction_factor)
-    return FIFOScheduler()
+        inner = ASHAScheduler(time_attr="docs_seen", max_t=max_budget(sweep), grace_period=grace, reduction_factor=s.reduction_factor)
+    elif s.name == "median":
+        inner = MedianStoppingRule(time_attr="docs_seen", grace_period=grace, min_samples_required=3)
+    elif s.name == "hyperband":
+        inner = HyperBandScheduler(time_attr="docs_seen", max_t=max_budget(sweep), reduction_factor=s.reduction_factor)
+    else:
+        return FIFOScheduler()
+    return Resumable(inner, scheduler_journal(sweep))  # its state survives --resume (Ray #30838)
 
 
 def _search(sweep: Sweep):
@@ -79,11 +100,14 @@ def build_tuner(sweep: Sweep, prepared: dict[str, str], tracking_uri: Optional[s
     f = sweep.fields
     cfg = sweep.base_config()
     param_space = sweep.space.to_ray_param_space(sweep.seeds) if f.search == "grid" else {}
+    scheduler = _scheduler(sweep, cfg)
+    if hasattr(scheduler, "start_fresh"):
+        scheduler.start_fresh()
     return tune.Tuner(
         trainable(sweep, prepared),
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=f.metric, mode=f.mode, scheduler=_scheduler(sweep, cfg), search_alg=_search(sweep),
+            metric=f.metric, mode=f.mode, scheduler=scheduler, search_alg=_search(sweep),
             num_samples=1 if f.search == "grid" else f.num_samples,
             max_concurrent_trials=f.max_concurrent if f.search == "grid" else None,
         ),
