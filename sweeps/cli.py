@@ -220,11 +220,68 @@ def main_report(args: list[str]) -> int:
     return 0
 
 
+def main_plan(args: list[str]) -> int:
+    """ranksweep plan --experiment NAME [--metric M] [--format table|json] [--for SPEC --gpus N --docs-per-s R]"""
+    p = argparse.ArgumentParser(prog="ranksweep plan",
+                                description="Replay early-stopping schedulers (ASHA, asynchronous HyperBand, the median rule; Ray "
+                                            "Tune's own classes) over the learning curves of a sweep run to its full budget: the "
+                                            "compute each would have spent and whether it keeps the best cell.")
+    p.add_argument("--experiment", help="MLflow experiment of the pilot sweep")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    p.add_argument("--sweep", default=None, help="sweep (parent run) name; default: the latest")
+    p.add_argument("--metric", default=None, help="selection metric (default: the sweep's)")
+    p.add_argument("--curves", default=None, help="read the curves from this file (written by --save-curves) instead of MLflow")
+    p.add_argument("--save-curves", default=None, help="also write the curves read from MLflow to this JSON file")
+    p.add_argument("--orders", type=int, default=20, help="random arrival orders each setting is averaged over (default 20)")
+    p.add_argument("--concurrency", type=int, default=None, help="trials training at once (default: the sweep's max_concurrent)")
+    p.add_argument("--top-k", type=int, default=3, help="top cells whose survival is counted (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrival orders")
+    p.add_argument("--min-best-kept", type=float, default=0.0,
+                   help="recommend only settings that keep the best cell itself in at least this fraction of the orders "
+                        "(default 0: within seed noise of it is enough)")
+    p.add_argument("--timing", default=None, choices=["seconds", "docs"],
+                   help="when results arrive: as long after a trial's start as recorded (default when MLflow has the times), "
+                        "or every trial at the same speed")
+    p.add_argument("--format", default="table", choices=["table", "json"])
+    p.add_argument("--for", dest="target", default=None, metavar="SPEC", help="a sweep YAML to cost with and without the recommendation")
+    p.add_argument("--gpus", type=float, default=8, help="with --for: GPUs of the cluster (default 8)")
+    p.add_argument("--docs-per-s", type=float, default=3000.0, help="with --for: training documents per second of a trial (default 3000)")
+    a = p.parse_args(args)
+    from ranksweep.sweeps.plan import Curves, PlanError, cost_lines, format_plan, plan
+    from ranksweep.sweeps.spec import SpecError, absolute_uri, load_sweep
+
+    try:
+        if a.curves:
+            curves = Curves.load(a.curves)
+        elif a.experiment:
+            curves = Curves.from_mlflow(absolute_uri(a.tracking_uri), a.experiment, a.sweep, a.metric)
+        else:
+            raise PlanError("give --experiment NAME (or --curves FILE)")
+        if a.save_curves:
+            curves.save(a.save_curves)
+        target = load_sweep(a.target) if a.target else None
+        if a.gpus <= 0 or a.docs_per_s <= 0:
+            raise PlanError("--gpus and --docs-per-s must be > 0")
+        if not 0 <= a.min_best_kept <= 1:
+            raise PlanError(f"--min-best-kept: a fraction in [0, 1], got {a.min_best_kept}")
+        result = plan(curves, orders=a.orders, concurrency=a.concurrency, top_k=a.top_k, seed=a.seed, min_best_kept=a.min_best_kept,
+                      timing=a.timing)
+    except (PlanError, SpecError, ValueError) as e:
+        print(f"ranksweep plan: {e}", file=sys.stderr)
+        return 2
+    print(format_plan(result, a.format))
+    if target is not None and a.format == "table":
+        print()
+        print("\n".join(cost_lines(result, target, a.gpus, a.docs_per_s)))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "trial": main_trial,
     "run": main_run,
     "best": main_best,
     "report": main_report,
+    "plan": main_plan,
 }
 
 

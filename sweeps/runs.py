@@ -95,6 +95,8 @@ class TrialRun:
     metrics: dict[str, float]
     params: dict[str, str] = field(default_factory=dict)
     error: Optional[str] = None
+    trial_id: Optional[str] = None  # Ray Tune's
+    start_time: float = 0.0  # ms since the epoch, as MLflow records it
 
     @property
     def docs_seen(self) -> int:
@@ -207,7 +209,8 @@ class SweepReader:
                     cell=json.loads(r.data.tags.get(CELL, "{}")), seed=int(r.data.tags.get(SEED, 0)),
                     stopped_early=r.data.tags.get(STOPPED_EARLY) == "true",
                     metrics={from_mlflow_key(k): v for k, v in r.data.metrics.items()},
-                    params=dict(r.data.params), error=r.data.tags.get(ERROR)))
+                    params=dict(r.data.params), error=r.data.tags.get(ERROR), trial_id=r.data.tags.get(TRIAL_ID),
+                    start_time=float(r.info.start_time or 0)))
             token = page.token
             if not token:
                 break

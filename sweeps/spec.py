@@ -36,6 +36,7 @@ class SchedulerSpec:
     name: Literal["none", "asha", "median", "hyperband"] = field(default="asha", metadata={"help": "early stopping"})
     grace_docs: Optional[int] = field(default=None, metadata={"help": "docs seen before a trial can be stopped (default: eval_every_docs)"})
     reduction_factor: float = field(default=2.0, metadata={"help": "ASHA/HyperBand halving rate"})
+    brackets: int = field(default=1, metadata={"help": "ASHA's brackets: more than 1 is asynchronous HyperBand"})
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,10 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
         raise SpecError(f"retries: must be >= 0, got {f.retries}")
     if f.scheduler.grace_docs is not None and f.scheduler.grace_docs <= 0:
         raise SpecError("scheduler.grace_docs: must be > 0")
+    if f.scheduler.brackets < 1 or (f.scheduler.brackets > 1 and f.scheduler.name != "asha"):
+        raise SpecError(f"scheduler.brackets: must be >= 1, and more than 1 only with name: asha, got {f.scheduler.brackets}")
+    if f.scheduler.reduction_factor <= 1:
+        raise SpecError(f"scheduler.reduction_factor: must be > 1, got {f.scheduler.reduction_factor}")
     pr = f.prepare
     if (pr.cpus is not None and pr.cpus < 1) or (pr.gpus is not None and pr.gpus < 0):
         raise SpecError(f"prepare: cpus must be >= 1 and gpus >= 0, got cpus={pr.cpus} gpus={pr.gpus}")

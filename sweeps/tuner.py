@@ -50,7 +50,8 @@ def _scheduler(sweep: Sweep, cfg: TrialConfig):
     s = sweep.fields.scheduler
     grace = s.grace_docs or cfg.eval_every_docs
     if s.name == "asha":
-        inner = ASHAScheduler(time_attr="docs_seen", max_t=max_budget(sweep), grace_period=grace, reduction_factor=s.reduction_factor)
+        inner = ASHAScheduler(time_attr="docs_seen", max_t=max_budget(sweep), grace_period=grace, reduction_factor=s.reduction_factor,
+                             brackets=s.brackets)
     elif s.name == "median":
         inner = MedianStoppingRule(time_attr="docs_seen", grace_period=grace, min_samples_required=3)
     elif s.name == "hyperband":

@@ -31,7 +31,7 @@ def _runs(uri, experiment):
     return c, parents, children
 
 
-def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
+def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path, capsys):
     import ray
 
     from ranksweep.sweeps.best import best
@@ -89,6 +89,17 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path):
     for row in everyone:
         assert row["mean"] == pytest.approx(at_step[json.dumps(row["settings"], sort_keys=True)])
 
+    # `ranksweep plan` on the quickstart's curves: the trials that trained their whole budget, replayed
+    from ranksweep.sweeps.cli import main_plan
+
+    capsys.readouterr()
+    assert main_plan(["--experiment", "qs", "--tracking-uri", uri, "--format", "json", "--orders", "4"]) == 0
+    plan_rows = json.loads(capsys.readouterr().out)
+    assert plan_rows[0] == {"scheduler": "none", "params": {}, "compute_fraction": 1.0, "best_kept": 1.0, "regret": 0.0,
+                            "topk_kept": float(min(3, len(full)))}
+    assert {r["scheduler"] for r in plan_rows} == {"none", "asha", "hyperband", "median"}
+    assert all(0 < r["compute_fraction"] <= 1 and 0 <= r["best_kept"] <= 1 and r["regret"] >= 0 for r in plan_rows)
+
     # its report: one seed per cell, so no equivalence test; stopped trials drawn in the learning curves
     from ranksweep.sweeps.report import report
 
@@ -137,6 +148,16 @@ def test_driver_killed_after_the_first_rung_resumes_with_the_same_asha_decisions
     log, _ = out.communicate(timeout=600)
     assert out.returncode == 0, log[-3000:]
     reference = _final_docs(uri, "tiny", "whole")
+    # `ranksweep plan` replays this live sweep's curves in its own order (one trial at a time) through a fresh
+    # ASHA: it makes every decision the live ASHA made, as the live scheduler's journal recorded them
+    from ranksweep.sweeps.plan import Curves, Setting, replay
+
+    journal = [json.loads(x) for x in (tmp_path / "ray" / "whole" / "ranksweep-scheduler.jsonl").read_text().splitlines()]
+    live = list(dict.fromkeys((e["trial"], int(e["result"]["docs_seen"]), e["decision"]) for e in journal if e["event"] == "result"))
+    curves = Curves.from_mlflow(uri, "tiny", "whole", include_stopped=True)
+    replayed = replay(curves, Setting("asha", asha).build("dev/nDCG@10", "max", 128), concurrency=1)
+    assert replayed.decisions == live and not replayed.beyond_record
+    assert {c.cell["loss"]: replayed.docs[c.trial_id] for c in curves.trials} == reference
 
     spec = _tiny_sweep(tmp_path, tiny_model, uri, losses, budget=128, scheduler=asha, name="killed")
     proc = _cli("run", str(spec), start_new_session=True)
