@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def picked(experiment: str) -> tuple[str, dict]:
         rows = best(experiment, uri, metric=sweep.fields.metric, mode=sweep.fields.mode, top=1)
-        return json.dumps(rows[0]["settings"], sort_keys=True), rows[0]["settings"]
+        cell = rows[0]["settings"]
+        return json.dumps(cell, sort_keys=True), {k: cell[k] for k in sweep.space.keys() if k in cell}  # in axis order
 
     grid_runs = count_trials(SweepReader(uri, f"{sweep.experiment}-grid").trials()).full
 
