@@ -15,7 +15,6 @@ Shorthands accepted in YAML::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import types
@@ -191,9 +190,6 @@ class TrialConfig:
         for key, value in changes.items():
             set_dotted(d, key, value)
         return TrialConfig.from_dict(d)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_yaml(path: str | os.PathLike) -> dict:

@@ -134,17 +134,21 @@ def diameter(embeddings: Tensor, alpha: float = 0.99) -> Tensor:
     return torch.quantile(dist, alpha, dim=-1).to(torch.float32)
 
 
-def kl_divergence(teacher: Tensor, student: Tensor, temperature: float = 1.0) -> Tensor:
-    """Per-query ``KL(softmax(t/T) || softmax(s/T))`` in nats.
+def kl_divergence(teacher: Tensor, student: Tensor, temperature: float = 1.0, exact: bool = True) -> Tensor:
+    """Per-query ``KL(softmax(t/T) || softmax(s/T))`` in nats (``torch.nn.functional.kl_div`` on log-probabilities).
 
-    Shapes: teacher, student (B, G) -> (B,). The batch mean of this is the ``kl`` loss.
+    Shapes: teacher, student (B, G) -> (B,). The batch mean of this is the ``kl`` loss, which calls it
+    with ``exact=False`` (in the inputs' dtype, differentiable); metrics compute it in float64.
     """
     _check_2d(teacher, "kl_divergence", "teacher scores")
     if student.shape != teacher.shape:
         raise ValueError(f"kl_divergence: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ")
-    log_p = torch.log_softmax(teacher.double() / temperature, dim=-1)
-    log_q = torch.log_softmax(student.double() / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).to(torch.float32)
+    if exact:
+        teacher, student = teacher.double(), student.double()
+    log_p = torch.log_softmax(teacher / temperature, dim=-1)
+    log_q = torch.log_softmax(student / temperature, dim=-1)
+    kl = torch.nn.functional.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+    return kl.to(torch.float32) if exact else kl
 
 
 def summarize(values: Tensor, prefix: str) -> dict[str, float]:
@@ -216,13 +220,12 @@ def write_per_query(path: str | Path, per_query: Mapping[str, Mapping[str, float
     return p
 
 
-def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
-    """Read a TREC run file into ``{qid: {docid: score}}``."""
+def read_trec_run(source) -> dict[str, dict[str, float]]:
+    """A TREC run (a path, ``.gz`` included, or an open text file) as ``{qid: {docid: score}}``
+    (``ir_measures.read_trec_run``; a malformed line raises ``ValueError``)."""
+    import ir_measures
+
     run: dict[str, dict[str, float]] = {}
-    with Path(path).open() as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 6:
-                continue
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+    for d in ir_measures.read_trec_run(source if hasattr(source, "read") else str(source)):
+        run.setdefault(d.query_id, {})[d.doc_id] = d.score
     return run

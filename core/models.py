@@ -140,6 +140,10 @@ class BiEncoder(nn.Module):
 
     kind = "bi"
 
+    @classmethod
+    def from_config(cls, encoder, cfg, seed: int) -> "BiEncoder":
+        return cls(encoder, cfg.pooling, cfg.similarity, cfg.score_scale)
+
     def __init__(self, encoder, pooling: str = "mean", similarity: str = "cos", scale: float = 1.0) -> None:
         super().__init__()
         self.encoder = encoder
@@ -175,6 +179,16 @@ class CrossEncoder(nn.Module):
 
     kind = "cross"
 
+    @classmethod
+    def from_config(cls, encoder, cfg, seed: int) -> "CrossEncoder":
+        """A new scoring head, its weights drawn from ``seed`` at the encoder's initializer range."""
+        gen = torch.Generator().manual_seed(seed)
+        head = nn.Linear(encoder.config.hidden_size, 1)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * encoder.config.initializer_range)
+            head.bias.zero_()
+        return cls(encoder, head)
+
     def __init__(self, encoder, head: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.encoder = encoder
@@ -202,15 +216,7 @@ STUDENTS.register("cross", CrossEncoder)
 
 def build_student(cfg, seed: int) -> nn.Module:
     """A student from a ``StudentConfig``; new parameters (the cross head) are seeded by ``seed``."""
-    encoder = load_encoder(cfg.model, cfg.num_layers)
-    if cfg.kind == "bi":
-        return BiEncoder(encoder, cfg.pooling, cfg.similarity, cfg.score_scale)
-    gen = torch.Generator().manual_seed(seed)
-    head = nn.Linear(encoder.config.hidden_size, 1)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * encoder.config.initializer_range)
-        head.bias.zero_()
-    return CrossEncoder(encoder, head)
+    return STUDENTS[cfg.kind].from_config(load_encoder(cfg.model, cfg.num_layers), cfg, seed)
 
 
 class SequenceClassifier(nn.Module):

@@ -40,6 +40,7 @@ from .data.candidates import EncoderSpec, doc_embeddings, query_embeddings
 from .data.collections import Corpus, QuerySet, file_stat_key
 from .data.store import Ragged
 from .data.tokens import doc_tokens, query_tokens
+from .metrics import read_trec_run
 from .models import pinned_threads
 from .registry import Registry
 
@@ -283,15 +284,24 @@ def read_teacher_file(path: str | Path, fmt: str = "auto") -> dict[str, dict[str
             if not isinstance(raw, dict):
                 raise TeacherError(f"{p}: expected a JSON object {{qid: {{docid: score}}}}")
             return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in raw.items()}
-        out: dict[str, dict[str, float]] = {}
+        try:
+            return read_trec_run(f)
+        except ValueError:
+            pass
+    with opener(p, "rt") as f:  # name the first malformed line
         for n, line in enumerate(f, start=1):
             parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 6:
+            if parts and (len(parts) != 6 or not _is_float(parts[4])):
                 raise TeacherError(f"{p}:{n}: expected a TREC run line 'qid Q0 docid rank score tag'")
-            out.setdefault(parts[0], {})[parts[2]] = float(parts[4])
-        return out
+    raise TeacherError(f"{p}: not a TREC run file")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import yaml
+from transformers import get_linear_schedule_with_warmup
 
 from .config import TrialConfig
 from .data.batching import SpecialTokens, pair_chunks
@@ -86,11 +87,10 @@ class Trial:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=o.lr,
                                      **({"fused": True} if self.device.type == "cuda" else {}))
-        warm = int(o.warmup_fraction * self.total_steps)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (self.total_steps - s) / max(1, self.total_steps - warm)))
+        self.sched = get_linear_schedule_with_warmup(self.opt, int(o.warmup_fraction * self.total_steps), self.total_steps)
         # progress
         self.docs_seen = 0
+        self.random_fills = 0  # training negatives the sampler took from the random pool: its window ran short
         self.steps = 0
         self.epoch = 0
         self.order = np.zeros(0, dtype=np.int64)
@@ -185,7 +185,9 @@ class Trial:
     def _micro_step(self, n_queries: int) -> None:
         cfg = self.cfg
         rows = self._next_rows(n_queries)
+        before = self.sampler.fills
         groups = self.sampler.sample(rows, cfg.group_size, self.rng)
+        self.random_fills += self.sampler.fills - before
         if cfg.augment.negatives_mix > 0:
             groups = mix_negatives(groups, cfg.augment.negatives_mix, self.p.pools, rows, self.rng)
         teacher = self._teacher(rows, groups)
@@ -337,6 +339,7 @@ class Trial:
         if self.train_time > 0:
             metrics["train/docs_per_s"] = self.docs_seen / self.train_time
         metrics["train/lr"] = float(self.sched.get_last_lr()[0])
+        metrics["train/random_fills"] = float(self.random_fills)
         if self.entropies:
             metrics.update(summarize(torch.from_numpy(np.concatenate(self.entropies)), "train/teacher_entropy"))
             metrics.update(summarize(torch.from_numpy(np.concatenate(self.pair_entropies)), "train/teacher_pairwise_entropy"))
@@ -416,8 +419,9 @@ class Trial:
         return {
             "model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
             "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "progress": {"docs_seen": self.docs_seen, "steps": self.steps, "epoch": self.epoch, "order": self.order,
-                         "cursor": self.cursor, "train_time": self.train_time},
+                         "cursor": self.cursor, "train_time": self.train_time, "random_fills": self.random_fills},
             "entropies": self.entropies, "pair_entropies": self.pair_entropies, "history": self.history,
         }
 
@@ -427,6 +431,8 @@ class Trial:
         self.sched.load_state_dict(state["sched"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         for k, v in state["progress"].items():
             setattr(self, k, v)
         self.entropies, self.pair_entropies, self.history = state["entropies"], state["pair_entropies"], state["history"]

@@ -149,12 +149,6 @@ class SearchSpace:
         """
         return DefineByRun(self.axes, seed)
 
-    def size(self) -> Optional[int]:
-        try:
-            return len(self.grid())
-        except SpaceError:
-            return None
-
 
 def _parse_axis(key: str, spec: Any, earlier: list[Axis], space: str) -> Axis:
     when: dict = {}

@@ -139,24 +139,36 @@ class Collection:
         return [q for q in self.queries if any(r > 0 for r in self.qrels.get(q, {}).values())]
 
 
+_FALLBACK_WARNED: set[str] = set()
+
+
+def _default_text(item) -> Optional[str]:
+    """``item.default_text()`` (ir_datasets' text of a document or query), or None where its type lacks a field it
+    expects; the first such failure of each type is logged as a warning, naming the fields used instead."""
+    if not hasattr(item, "default_text"):
+        return None
+    try:
+        return item.default_text()
+    except (AttributeError, KeyError, TypeError, IndexError) as e:
+        kind = type(item).__name__
+        if kind not in _FALLBACK_WARNED:
+            _FALLBACK_WARNED.add(kind)
+            logger.warning("%s.default_text() failed (%s: %s); using its title and text fields instead", kind, type(e).__name__, e)
+        return None
+
+
 def _doc_text(doc) -> str:
-    if hasattr(doc, "default_text"):
-        try:
-            return doc.default_text()
-        except Exception:  # noqa: BLE001 (some formats lack fields default_text expects)
-            pass
+    text = _default_text(doc)
+    if text is not None:
+        return text
     title = getattr(doc, "title", "") or ""
-    text = getattr(doc, "text", "") or ""
-    return f"{title} {text}".strip()
+    body = getattr(doc, "text", "") or ""
+    return f"{title} {body}".strip()
 
 
 def _query_text(q) -> str:
-    if hasattr(q, "default_text"):
-        try:
-            return q.default_text()
-        except Exception:  # noqa: BLE001
-            pass
-    return getattr(q, "text", "")
+    text = _default_text(q)
+    return text if text is not None else getattr(q, "text", "")
 
 
 def load_collection(dataset_id: str) -> Collection:

@@ -78,9 +78,6 @@ class TextStore:
         cuts = (self.offsets[start : stop + 1] - base).tolist()
         return [raw[a:b].decode("utf-8") for a, b in zip(cuts[:-1], cuts[1:])]
 
-    def texts_at(self, idx: Sequence[int] | np.ndarray) -> list[str]:
-        return [self.text(int(i)) for i in idx]
-
     # -- io ----------------------------------------------------------------------------------
     @classmethod
     def write(cls, folder: Path, items: Iterable[tuple[str, str]]) -> int:

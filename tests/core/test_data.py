@@ -228,6 +228,11 @@ def test_teacher_file_json_and_trec_with_missing_pairs(tmp_path, scifact):
     trec = tmp_path / "teacher.run"
     trec.write_text("".join(f"{q} Q0 {d} 1 {s} t\n" for q, ds in scores.items() for d, s in ds.items()))
     assert read_teacher_file(js) == read_teacher_file(trec) == scores
+    bad = tmp_path / "bad.run.gz"
+    with gzip.open(bad, "wt") as f:
+        f.write(trec.read_text() + "1 Q0 d 1 high t\n")
+    with pytest.raises(TeacherError, match=rf"{bad}:{len(trec.read_text().splitlines()) + 1}: expected a TREC run line"):
+        read_teacher_file(bad, "trec")
     ctx = ScoringContext(root, 32, 128)
     for path in (js, trec):
         with pytest.raises(TeacherError, match=rf"lacks 1 of 5 \(query, doc\) pairs.*\('2', '{ids[4]}'\).*on_missing: drop"):

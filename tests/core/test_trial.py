@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -70,6 +71,27 @@ def test_same_seed_same_trial_other_seed_differs(tmp_path, tiny_model):
     assert not torch.equal(runs[0], runs[2])
 
 
+def test_a_checkpoint_resumes_the_same_trial_with_gradient_accumulation(tmp_path, tiny_model):
+    # 4 queries x 4 docs x 2 micro-batches = 32 docs per optimizer step; stop after the first, resume from its state
+    cfg = _cfg(tmp_path, tiny_model, budget_docs=64, eval_every_docs=32, output_dir=None, **{"optim.grad_accum": 2})
+    p = prepare(cfg)
+    whole = Trial(cfg, p)
+    whole.train_until(64)
+    first = Trial(cfg, p)
+    first.train_until(32)
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = Trial(cfg, p)
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    assert resumed.docs_seen == 32 and resumed.steps == 1
+    resumed.train_until(64)
+    assert (resumed.docs_seen, resumed.steps) == (whole.docs_seen, whole.steps) == (64, 2)
+    assert all(torch.equal(a, b) for a, b in zip(whole.model.parameters(), resumed.model.parameters()))
+    assert resumed.sched.get_last_lr() == whole.sched.get_last_lr()
+    assert not all(torch.equal(a, b) for a, b in zip(whole.model.parameters(), first.model.parameters()))
+
+
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_loss_trains_a_cross_encoder(tmp_path, tiny_model, loss):
     cfg = _cfg(tmp_path, tiny_model, loss=loss, budget_docs=32, **{"student.kind": "cross", "eval.depth": 10,
@@ -87,6 +109,21 @@ def test_samplers_and_augmentations_run(tmp_path, tiny_model, sampler):
     assert len(t.train_rows) == pytest.approx(len(t.p.train_rows) / 2, abs=2)
     final = t.run()
     assert np.isfinite(final["train/in_batch_lce"])
+
+
+def test_random_fills_count_the_negatives_a_short_window_lacked(tmp_path, tiny_model):
+    # groups of 4 need 3 negatives from BM25 ranks [47, 50); a query with a judged document in its top 50 has
+    # only 49 negatives listed, so its window holds 2 and the third comes from the random pool (contrastive:
+    # random-pool documents of such queries have no teacher score)
+    t = Trial(_cfg(tmp_path, tiny_model, sampler={"name": "bm25", "depth": [47, 50]}, budget_docs=32, eval_every_docs=32,
+                   loss="lce", teacher={"kind": "none"}))
+    final = t.run()
+    trained = t.order[:t.cursor]
+    assert t.epoch == 1 and len(trained) == 8  # the first epoch: 32 docs in groups of 4
+    expected = sum(max(0, 3 - len(t.sampler.window(int(r)))) for r in trained)
+    assert expected > 0 and final["train/random_fills"] == expected
+    final = Trial(_cfg(tmp_path, tiny_model, sampler={"name": "bm25", "depth": [0, 10]}, budget_docs=32, eval_every_docs=32)).run()
+    assert final["train/random_fills"] == 0
 
 
 def test_random_negatives_are_less_local_than_bm25(tmp_path):
@@ -172,7 +209,7 @@ def test_distilled_student_beats_itself_before_training(tmp_path):
     """On SciFact: a 2-layer MiniLM bi-encoder distilled from the MiniLM+BM25 ensemble improves
     dev and test nDCG@10 over the same student before training."""
     cfg = TrialConfig.from_dict({
-        "data": {"eval": ["beir/scifact/test"], "max_doc_length": 128},
+        "data": {"eval": ["beir/scifact/test"], "max_doc_length": 64},
         "candidates": {"dense_depth": 0},
         "sampler": "bm25", "group_size": 8, "loss": "kl",
         "optim": {"lr": 1e-4, "batch_size": 8},
