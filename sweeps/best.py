@@ -11,10 +11,7 @@ from typing import Optional
 
 import yaml
 
-from .runs import parse_value
-
-AXIS_ALIASES = {"sampler": "sampler.name", "T": "temperature", "group": "group_size", "layers": "student.num_layers",
-                "student": "student.kind", "lr": "optim.lr", "mix": "augment.negatives_mix"}
+from .runs import ALIASES, parse_value
 
 
 def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: str = "max", filter: Optional[str] = None,
@@ -38,7 +35,7 @@ def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: 
     step = None
     if include_stopped and counted.stopped:
         step, values = reader.values_at_common_step(runs, metric)
-    group_by = [AXIS_ALIASES.get(g, g) for g in group_by] if group_by else None
+    group_by = [ALIASES.get(g, g) for g in group_by] if group_by else None
     groups: dict[str, list] = defaultdict(list)
     settings: dict[str, dict] = {}
     for r in runs:

@@ -155,7 +155,8 @@ def main_best(args: list[str]) -> int:
     p.add_argument("--metric", default="dev/nDCG@10")
     p.add_argument("--mode", default="max", choices=["max", "min"])
     p.add_argument("--filter", default=None, help="MLflow filter string, e.g. \"params.`axis.loss` = 'kl'\"")
-    p.add_argument("--group-by", default=None, help="comma-separated axes (sampler,loss,…); default: the whole cell")
+    p.add_argument("--group-by", default=None, help="comma-separated axes: dotted keys or the short names sampler, loss, T, g, L, "
+                                                    "student, mix, lr; default: the whole cell")
     p.add_argument("--sweep", default=None, help="sweep (parent run) name; default: the latest")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--format", default="table", choices=["table", "json", "csv"])

@@ -45,6 +45,11 @@ def bound_http_retries() -> None:
         os.environ.setdefault(k, v)
 
 
+def sqlite_path(tracking_uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///…`` tracking URI (relative or absolute), None for any other URI."""
+    return Path(tracking_uri[len("sqlite:///"):]).expanduser() if tracking_uri.startswith("sqlite:///") else None
+
+
 def mlflow_key(key: str) -> str:
     """An ir_measures metric key as MLflow accepts it: ``dev/nDCG@10`` → ``dev/nDCG_at_10``.
 
@@ -68,8 +73,12 @@ def parse_value(text: Optional[str]) -> Any:
         return text
 
 
-SHORT = {"sampler.name": "", "loss": "", "temperature": "T", "group_size": "g", "student.num_layers": "L",
-         "student.kind": "", "augment.negatives_mix": "mix", "optim.lr": "lr"}
+#: common axes: (the short name ``best --group-by`` accepts, the prefix of the value in a cell label)
+AXES = {"sampler.name": ("sampler", ""), "loss": ("loss", ""), "temperature": ("T", "T"), "group_size": ("g", "g"),
+        "student.num_layers": ("L", "L"), "student.kind": ("student", ""), "augment.negatives_mix": ("mix", "mix"),
+        "optim.lr": ("lr", "lr")}
+SHORT = {k: prefix for k, (_, prefix) in AXES.items()}
+ALIASES = {alias: k for k, (alias, _) in AXES.items()}
 
 
 def cell_label(cell: dict, sep: str = " ") -> str:
@@ -153,8 +162,8 @@ class SweepReader:
     def __init__(self, tracking_uri: str, experiment: str, sweep: Optional[str] = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        if tracking_uri.startswith("sqlite:///"):
-            db = Path(tracking_uri[len("sqlite:///"):])
+        db = sqlite_path(tracking_uri)
+        if db is not None:
             if not db.exists():  # MLflow would create an empty database and find nothing in it
                 raise ValueError(f"no MLflow database at {db} (tracking URI {tracking_uri}); pass the sweep's --tracking-uri")
         from mlflow.exceptions import MlflowException
@@ -236,15 +245,20 @@ class SweepReader:
         return step, {k: [v for d, v in h if d <= step][-1] for k, h in histories.items() if h[0][0] <= step}
 
     def artifact_text(self, run_id: str, path: str) -> Optional[str]:
-        """The text of one artifact of a run, or None when the run has no such file."""
+        """The text of one artifact of a run, or None when the run has no such file (a warning when it has one that
+        cannot be read: the report would otherwise take an unreadable store for missing files)."""
         import mlflow
 
+        parent = str(Path(path).parent) if Path(path).parent != Path(".") else None
+        if path not in {a.path for a in self.client.list_artifacts(run_id, parent)}:
+            return None  # the run has no such file (e.g. a trial without a teacher)
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
                                                             tracking_uri=self.tracking_uri)
             except Exception as e:  # noqa: BLE001 (MLflow raises different types per artifact store)
-                logger.debug("no artifact %s in run %s: %s", path, run_id, e)
+                logger.warning("artifact %s of run %s is listed but could not be read (%s: %s); it is left out",
+                               path, run_id, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
                 return None
             p = Path(local)
             return p.read_text() if p.is_file() else None

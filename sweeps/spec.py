@@ -123,12 +123,15 @@ class Sweep:
 
 def absolute_uri(uri: str) -> str:
     """``sqlite:///relative.db`` → ``sqlite:////abs/path/relative.db`` (workers and resumes agree)."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+    from .runs import sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(db.resolve())
     return uri
 
 
-REPORTED_FIXED = ("docs_seen", "steps", "epoch", "train/loss", "train/docs_per_s", "train/lr", "probe/diameter",
+REPORTED_FIXED = ("docs_seen", "steps", "epoch", "train/loss", "train/docs_per_s", "train/lr", "train/random_fills", "probe/diameter",
                   "probe/kl", "probe/teacher_entropy", "train/teacher_entropy", "train/teacher_pairwise_entropy")
 
 

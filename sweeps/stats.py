@@ -178,14 +178,14 @@ class Equivalence:
 
 
 def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
-    items = sorted(pvalues.items(), key=lambda kv: kv[1])
-    m = len(items)
-    out, running = {}, 0.0
-    for i, (k, p) in enumerate(items):
-        running = max(running, min(1.0, (m - i) * p))
-        out[k] = running
-    return out
+    """Holm–Bonferroni adjusted p-values (``statsmodels.stats.multitest.multipletests``, method ``holm``)."""
+    from statsmodels.stats.multitest import multipletests
+
+    if not pvalues:
+        return {}
+    keys = list(pvalues)
+    adjusted = multipletests([pvalues[k] for k in keys], method="holm")[1]
+    return {k: float(p) for k, p in zip(keys, adjusted)}
 
 
 def equivalence(cells: Mapping[str, Sequence[float]], metric: str, margin: float = 0.01, alpha: float = 0.05,

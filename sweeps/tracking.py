@@ -32,7 +32,7 @@ from ray.tune import Callback
 from ranksweep.core.config import TrialConfig
 from ranksweep.search_spaces.space import apply
 
-from .runs import CELL, ERROR, NODE_ID, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, bound_http_retries, cell_label, mlflow_key
+from .runs import CELL, ERROR, NODE_ID, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, bound_http_retries, cell_label, mlflow_key, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def artifact_location(tracking_uri: str, experiment: str) -> Optional[str]:
     happens to run in; pinning it next to the database keeps a sweep's files together however
     and wherever it is resumed.
     """
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+    db = sqlite_path(tracking_uri)
+    if db is not None:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in experiment)
         return (db.parent / "mlartifacts" / safe).resolve().as_uri()
     return None

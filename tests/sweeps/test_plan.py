@@ -173,10 +173,10 @@ def test_cli_plans_from_mlflow_round_trips_curves_and_refuses_bad_input(tmp_path
 
 
 def test_a_recommended_hyperband_row_runs_as_asha_with_brackets(tmp_path):
+    from conftest import REPO
+
     from ranksweep.sweeps.spec import SpecError, load_sweep
     from ranksweep.sweeps.tuner import _scheduler
-
-    from conftest import REPO
 
     spec = REPO / "sweeps" / "scifact_pilot.yaml"
     row = Setting("hyperband", {"grace_docs": 256, "reduction_factor": 2, "brackets": 3})

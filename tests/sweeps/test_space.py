@@ -100,6 +100,7 @@ def test_shipped_sweeps_resolve_and_dry_run():
     assert counts["scifact-optuna"] == 48
     assert counts["scifact-ablation"] == (4 * (1 + 4 * 4)) * 3
     assert counts["paper-msmarco"] == 2 * 4 * 4 * 4
+    assert counts["scifact-pilot"] == 2 * 4 * 3
 
 
 def _spec(tmp_path, **over):
@@ -124,8 +125,12 @@ def test_bad_spec_names_the_field(tmp_path, over, words):
     assert words in str(e.value), str(e.value)
 
 
-def test_gpu_requested_without_gpu_fails_before_any_work(tmp_path):
+def test_gpu_requested_without_gpu_fails_before_any_work(tmp_path, monkeypatch):
+    import torch
+
     from ranksweep.sweeps.tuner import run_sweep
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # on a GPU machine too: nothing may start
 
     sweep = load_sweep(_spec(tmp_path, resources={"cpu": 1, "gpu": 1}, storage=str(tmp_path / "ray")))
     with pytest.raises(SpecError, match="resources.gpu: 1.0 GPU per trial requested but this machine has none"):

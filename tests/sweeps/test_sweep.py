@@ -89,6 +89,20 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path, caps
     for row in everyone:
         assert row["mean"] == pytest.approx(at_step[json.dumps(row["settings"], sort_keys=True)])
 
+    # grouped by an axis (its short name), filtered by an MLflow filter string, and as CSV / JSON
+    from ranksweep.sweeps.best import format_rows
+
+    by_sampler = best("qs", uri, metric="dev/nDCG@10", group_by=["sampler"], top=10)
+    for row in by_sampler:
+        xs = [r.metrics["dev/nDCG@10"] for r in full if r.config["params"]["sampler.name"] == row["settings"]["sampler.name"]]
+        assert row["n"] == len(xs) and row["mean"] == pytest.approx(sum(xs) / len(xs))
+    assert sorted(row["settings"]["sampler.name"] for row in by_sampler) == sorted({r.config["params"]["sampler.name"] for r in full})
+    kl_only = best("qs", uri, metric="dev/nDCG@10", filter="params.`axis.loss` = 'kl'", top=10)
+    assert len(kl_only) == sum(r.config["params"]["loss"] == "kl" for r in full) and all(row["settings"]["loss"] == "kl" for row in kl_only)
+    assert json.loads(format_rows(rows, "dev/nDCG@10", "json"))[0]["mean"] == pytest.approx(rows[0]["mean"])
+    csv_lines = format_rows(rows, "dev/nDCG@10", "csv").splitlines()
+    assert csv_lines[0].endswith("dev/nDCG@10 mean,std,n") and len(csv_lines) == len(rows) + 1
+
     # `ranksweep plan` on the quickstart's curves: the trials that trained their whole budget, replayed
     from ranksweep.sweeps.cli import main_plan
 
