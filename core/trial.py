@@ -25,7 +25,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from .config import TrialConfig
 from .data.batching import SpecialTokens, pair_chunks
-from .data.candidates import faiss_search
+from .data.candidates import flat_ip_index, index_search
 from .data.samplers import SAMPLERS, Sampler, mix_negatives
 from .data.tokens import TokenStore
 from .losses import WeightedLoss
@@ -91,6 +91,7 @@ class Trial:
         # progress
         self.docs_seen = 0
         self.random_fills = 0  # training negatives the sampler took from the random pool: its window ran short
+        self._indexes: dict[str, Any] = {}  # corpus key -> FAISS index of the student's embeddings, within one evaluation
         self.steps = 0
         self.epoch = 0
         self.order = np.zeros(0, dtype=np.int64)
@@ -292,19 +293,32 @@ class Trial:
         return run
 
     @torch.inference_mode()
-    def _retrieve(self, es: EvalSet, depth: int) -> dict[str, dict[str, float]]:
-        """Bi-encoder full retrieval over the collection's corpus with FAISS."""
+    def _corpus_index(self, es: EvalSet):
+        """The student's embeddings of ``es``'s corpus in a FAISS index, streamed in as they are encoded (no
+        other copy of the corpus's embeddings is held), built once per evaluation for every eval set on that corpus."""
+        if es.corpus_key in self._indexes:
+            return self._indexes[es.corpus_key]
         bt = self.cfg.eval.batch_tokens
         docs = self._doc_store(es)
-        m = self.model
+        index, step = None, 8192
         with autocast(self.device):
-            chunks = []
-            step = 8192
             for s in range(0, len(docs), step):
-                chunks.append(m.encode([docs.get(i) for i in range(s, min(s + step, len(docs)))], self.special, bt, self.device).float().cpu())
-            d_emb = torch.cat(chunks).numpy()
-            q_emb = m.encode(self._query_seqs(es), self.special, bt, self.device).float().cpu().numpy()
-        idx, sc = faiss_search(d_emb, q_emb, depth)
+                emb = self.model.encode([docs.get(i) for i in range(s, min(s + step, len(docs)))], self.special, bt, self.device)
+                emb = emb.float().cpu().numpy()
+                if index is None:
+                    index = flat_ip_index(emb.shape[1])
+                index.add(emb)
+        self._indexes[es.corpus_key] = index
+        return index
+
+    @torch.inference_mode()
+    def _retrieve(self, es: EvalSet, depth: int) -> dict[str, dict[str, float]]:
+        """Bi-encoder full retrieval over the collection's corpus with FAISS."""
+        m = self.model
+        index = self._corpus_index(es)
+        with autocast(self.device):
+            q_emb = m.encode(self._query_seqs(es), self.special, self.cfg.eval.batch_tokens, self.device).float().cpu().numpy()
+        idx, sc = index_search(index, q_emb, depth)
         out = {}
         for i, q in enumerate(es.qids):
             keep = idx[i] >= 0
@@ -349,11 +363,14 @@ class Trial:
         metrics.update({f"dev/{m}": v for m, v in dev_agg.items()})
         self._write("dev", dev_run, self._with_entropy(self.p.dev, dev_pq))
         if final or cfg.eval.collections_every_eval:
-            for es in self.p.evals:
-                run = self._retrieve(es, cfg.eval.depth) if self.model.kind == "bi" else self._rerank(es, cfg.eval.depth)
-                agg, pq = evaluate(run, es.qrels, cfg.eval.measures)
-                metrics.update({f"{es.name}/{m}": v for m, v in agg.items()})
-                self._write(es.name, run, self._with_entropy(es, pq))
+            try:
+                for es in self.p.evals:
+                    run = self._retrieve(es, cfg.eval.depth) if self.model.kind == "bi" else self._rerank(es, cfg.eval.depth)
+                    agg, pq = evaluate(run, es.qrels, cfg.eval.measures)
+                    metrics.update({f"{es.name}/{m}": v for m, v in agg.items()})
+                    self._write(es.name, run, self._with_entropy(es, pq))
+            finally:
+                self._indexes.clear()  # this evaluation's corpus indexes: the model changes before the next
         if final or self.docs_seen == 0:
             metrics.update(self.p.reference_metrics)
         metrics["eval_seconds"] = time.perf_counter() - t0

@@ -192,25 +192,32 @@ def query_embeddings(root: Path, queries: "QuerySet", spec: EncoderSpec, executo
     return _embed(root, "query_embeddings", key, tokens, spec, executor, gpus, cpus, shard_queries, batch_tokens)
 
 
-def faiss_search(doc_emb: np.ndarray, q_emb: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k with FAISS (on the GPU when faiss-gpu and a GPU are present).
-
-    ``doc_emb`` may be a memory map: it is added to the index in blocks, as float32.
-    Returned indices are shifted by ``offset`` (the first document's index of a shard).
-    """
+def flat_ip_index(dim: int):
+    """An exact inner-product FAISS index (on the GPU when faiss-gpu and a GPU are present); add float32 blocks to it."""
     import faiss
 
-    d = doc_emb.shape[1]
-    index = faiss.IndexFlatIP(d)
+    index = faiss.IndexFlatIP(dim)
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:  # pragma: no cover (GPU only)
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    step = 1 << 18
-    for start in range(0, doc_emb.shape[0], step):
-        index.add(np.ascontiguousarray(doc_emb[start : start + step], dtype=np.float32))
-    k = min(k, doc_emb.shape[0])
+    return index
+
+
+def index_search(index, q_emb: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``index`` for each query; indices shifted by ``offset`` (the first document's index of a shard)."""
+    k = min(k, index.ntotal)
     scores, idx = index.search(np.ascontiguousarray(q_emb, dtype=np.float32), k)
     idx = np.where(idx >= 0, idx + offset, -1)
     return idx.astype(np.int32), scores.astype(np.float32)
+
+
+def faiss_search(doc_emb: np.ndarray, q_emb: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k with FAISS. ``doc_emb`` may be a memory map: it is added to the index in
+    blocks, as float32."""
+    index = flat_ip_index(doc_emb.shape[1])
+    step = 1 << 18
+    for start in range(0, doc_emb.shape[0], step):
+        index.add(np.ascontiguousarray(doc_emb[start : start + step], dtype=np.float32))
+    return index_search(index, q_emb, k, offset)
 
 
 @dataclass(frozen=True)

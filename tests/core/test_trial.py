@@ -13,7 +13,7 @@ import pytest
 import scipy.special
 import scipy.stats
 import torch
-from conftest import fast_config
+from conftest import TINY_BEIR, fast_config
 
 from ranksweep.core import Trial, TrialConfig, prepare, run_trial
 from ranksweep.core.losses import LOSSES
@@ -124,6 +124,30 @@ def test_random_fills_count_the_negatives_a_short_window_lacked(tmp_path, tiny_m
     assert expected > 0 and final["train/random_fills"] == expected
     final = Trial(_cfg(tmp_path, tiny_model, sampler={"name": "bm25", "depth": [0, 10]}, budget_docs=32, eval_every_docs=32)).run()
     assert final["train/random_fills"] == 0
+
+
+def test_eval_sets_on_one_corpus_share_one_streamed_index(tmp_path, tiny_model, monkeypatch):
+    import ranksweep.core.trial as trial_mod
+
+    made = []
+
+    def counting(dim):
+        made.append(trial_mod.flat_ip_index.__wrapped__(dim))
+        return made[-1]
+
+    counting.__wrapped__ = trial_mod.flat_ip_index
+    monkeypatch.setattr(trial_mod, "flat_ip_index", counting)
+    folder = tmp_path / "tiny"  # two query sets over one corpus
+    shutil.copytree(TINY_BEIR, folder)
+    shutil.copy(folder / "qrels" / "test.tsv", folder / "qrels" / "dev.tsv")
+    test, dev = f"local:{folder}:test", f"local:{folder}:dev"
+    final = Trial(_cfg(tmp_path, tiny_model, budget_docs=32, eval_every_docs=32, output_dir=None, **{"data.eval": [test, dev]})).run()
+    assert len(made) == 1 and made[0].ntotal == 8  # the corpus, encoded once for both sets
+    assert final["tiny-test/nDCG@10"] == final["tiny-dev/nDCG@10"] > 0
+    made.clear()
+    alone = Trial(_cfg(tmp_path, tiny_model, budget_docs=32, eval_every_docs=32, output_dir=None, **{"data.eval": [test]})).run()
+    assert len(made) == 1
+    assert {k: v for k, v in alone.items() if k.startswith("tiny-test/")} == {k: v for k, v in final.items() if k.startswith("tiny-test/")}
 
 
 def test_random_negatives_are_less_local_than_bm25(tmp_path):
