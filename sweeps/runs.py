@@ -249,17 +249,20 @@ class SweepReader:
         cannot be read: the report would otherwise take an unreadable store for missing files)."""
         import mlflow
 
-        parent = str(Path(path).parent) if Path(path).parent != Path(".") else None
-        if path not in {a.path for a in self.client.list_artifacts(run_id, parent)}:
-            return None  # the run has no such file (e.g. a trial without a teacher)
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp,
                                                             tracking_uri=self.tracking_uri)
             except Exception as e:  # noqa: BLE001 (MLflow raises different types per artifact store)
-                logger.warning("artifact %s of run %s is listed but could not be read (%s: %s); it is left out",
-                               path, run_id, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
-                return None
+                parent = str(Path(path).parent) if Path(path).parent != Path(".") else None
+                try:
+                    listed = path in {a.path for a in self.client.list_artifacts(run_id, parent)}
+                except Exception:  # noqa: BLE001 (the store cannot even be listed: say so below)
+                    listed = True
+                if listed:
+                    logger.warning("artifact %s of run %s could not be read (%s: %s); it is left out", path, run_id,
+                                   type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                return None  # else the run has no such file (e.g. a trial without a teacher)
             p = Path(local)
             return p.read_text() if p.is_file() else None
 
