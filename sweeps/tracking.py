@@ -363,9 +363,33 @@ class MLflowWriter:
         if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
             logger.warning("trial %s: no outputs at %s", t.trial_id, path)
             return
+        sizes = _settled_sizes(fs, path)
         with tempfile.TemporaryDirectory() as tmp:
-            pyarrow.fs.copy_files(path, tmp, source_filesystem=fs)
+            for _ in range(3):  # Ray may still be uploading the last checkpoint's files: copy what has settled
+                pyarrow.fs.copy_files(path, tmp, source_filesystem=fs)
+                copied = {str(f.relative_to(tmp)): f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()}
+                if copied == sizes:
+                    break
+                sizes = _settled_sizes(fs, path)
+            else:
+                logger.warning("trial %s: its output files at %s kept changing; logged as they were", t.trial_id, path)
             self.client.log_artifacts(t.run_id, tmp)
+
+
+def _settled_sizes(fs, path: str, wait: float = 1.0, tries: int = 30) -> dict[str, int]:
+    """Sizes of the files under ``path`` once two listings ``wait`` seconds apart agree (Ray syncs a trial's files to
+    storage while its last result is handled, so a file can be caught half written)."""
+    import pyarrow.fs
+
+    prev = None
+    for _ in range(tries):
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+        sizes = {i.path[len(path.rstrip("/")) + 1:]: i.size for i in infos if i.type == pyarrow.fs.FileType.File}
+        if sizes == prev:
+            break
+        prev = sizes
+        time.sleep(wait)
+    return prev or {}
 
 
 _WRITERS: dict[str, MLflowWriter] = {}  # one live writer per sweep in this process (the callback and reconcile share it)
