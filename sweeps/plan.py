@@ -258,17 +258,12 @@ class Setting:
     params: dict
 
     def build(self, metric: str, mode: str, budget: int):
-        from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
+        """The scheduler a sweep with this setting runs (``schedulers.early_stopping``), fresh."""
+        from .schedulers import early_stopping
 
+        name = "asha" if self.name == "hyperband" else self.name  # asynchronous HyperBand: ASHA with brackets
         p = self.params
-        if self.name in ("asha", "hyperband"):
-            return AsyncHyperBandScheduler(time_attr="docs_seen", metric=metric, mode=mode, max_t=budget,
-                                           grace_period=p["grace_docs"], reduction_factor=p["reduction_factor"],
-                                           brackets=p.get("brackets", 1))
-        if self.name == "median":
-            return MedianStoppingRule(time_attr="docs_seen", metric=metric, mode=mode, grace_period=p["grace_docs"],
-                                      min_samples_required=p.get("min_samples_required", 3))
-        return FIFOScheduler()
+        return early_stopping(name, p.get("grace_docs", 1), p.get("reduction_factor", 2.0), p.get("brackets", 1), budget, metric, mode)
 
     def spec(self, budget: int, target_budget: Optional[int] = None) -> dict:
         """The ``scheduler:`` mapping of a sweep spec, grace scaled to ``target_budget`` (same fraction of the budget)."""

@@ -29,6 +29,21 @@ logger = logging.getLogger(__name__)
 REPLAYABLE = (AsyncHyperBandScheduler, MedianStoppingRule)
 
 
+def early_stopping(name: str, grace: int, reduction_factor: float = 2.0, brackets: int = 1, max_t: Optional[int] = None,
+                   metric: Optional[str] = None, mode: Optional[str] = None) -> TrialScheduler:
+    """Ray Tune's scheduler for a spec's ``scheduler:`` (time in documents seen): the one a sweep runs and ``plan`` replays."""
+    from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler
+
+    if name == "asha":
+        return AsyncHyperBandScheduler(time_attr="docs_seen", metric=metric, mode=mode, max_t=max_t, grace_period=grace,
+                                       reduction_factor=reduction_factor, brackets=brackets)
+    if name == "median":
+        return MedianStoppingRule(time_attr="docs_seen", metric=metric, mode=mode, grace_period=grace, min_samples_required=3)
+    if name == "hyperband":
+        return HyperBandScheduler(time_attr="docs_seen", metric=metric, mode=mode, max_t=max_t, reduction_factor=reduction_factor)
+    return FIFOScheduler()
+
+
 def _slim(result: dict) -> dict:
     """The numbers of a result (what a scheduler reads), JSON-safe."""
     return {k: v for k, v in result.items()

@@ -43,21 +43,14 @@ def scheduler_journal(sweep: Sweep) -> Path:
 
 
 def _scheduler(sweep: Sweep, cfg: TrialConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+    from ray.tune.schedulers import FIFOScheduler
 
-    from .schedulers import Resumable
+    from .schedulers import Resumable, early_stopping
 
     s = sweep.fields.scheduler
-    grace = s.grace_docs or cfg.eval_every_docs
-    if s.name == "asha":
-        inner = ASHAScheduler(time_attr="docs_seen", max_t=max_budget(sweep), grace_period=grace, reduction_factor=s.reduction_factor,
-                             brackets=s.brackets)
-    elif s.name == "median":
-        inner = MedianStoppingRule(time_attr="docs_seen", grace_period=grace, min_samples_required=3)
-    elif s.name == "hyperband":
-        inner = HyperBandScheduler(time_attr="docs_seen", max_t=max_budget(sweep), reduction_factor=s.reduction_factor)
-    else:
+    if s.name == "none":
         return FIFOScheduler()
+    inner = early_stopping(s.name, s.grace_docs or cfg.eval_every_docs, s.reduction_factor, s.brackets, max_budget(sweep))
     return Resumable(inner, scheduler_journal(sweep))  # its state survives --resume (Ray #30838)
 
 
