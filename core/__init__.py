@@ -10,7 +10,7 @@ Ray, MLflow or Optuna, so a trial runs (and is tested) alone, from a notebook or
 from .config import ConfigError, TrialConfig
 from .executor import Executor, LocalExecutor
 from .preparation import NotPrepared, Prepared, PrepareOptions, prepare
-from .trial import Trial, run_trial
+from .trial import Trial, metric_keys, run_trial
 
 __all__ = ["ConfigError", "TrialConfig", "Executor", "LocalExecutor", "NotPrepared", "Prepared", "PrepareOptions", "Trial",
-           "prepare", "run_trial"]
+           "metric_keys", "prepare", "run_trial"]

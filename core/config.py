@@ -14,6 +14,7 @@ Shorthands accepted in YAML::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -190,6 +191,27 @@ class TrialConfig:
         for key, value in changes.items():
             set_dotted(d, key, value)
         return TrialConfig.from_dict(d)
+
+
+def apply(base: dict, cell: dict) -> dict:
+    """The trial-config dict of ``base`` with ``cell``'s dotted keys set (``base`` is not changed)."""
+    d = copy.deepcopy(base)
+    for k, v in cell.items():
+        set_dotted(d, k, v)
+    return d
+
+
+def resolve_trial(base: dict, cell: dict, seed: Optional[int] = None, **fields: Any) -> TrialConfig:
+    """The validated config of one sweep trial: ``base`` with ``cell``'s dotted keys, the seed and ``fields``.
+
+    This is where a sweep's raw dicts become a ``TrialConfig``, once per trial; the sweeper passes
+    the object on, logs ``to_dict()`` (defaults included) and reads the trial's budget from it.
+    """
+    d = apply(base, cell)
+    if seed is not None:
+        d["seed"] = seed
+    d.update(fields)
+    return TrialConfig.from_dict(d)
 
 
 def load_yaml(path: str | os.PathLike) -> dict:

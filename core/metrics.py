@@ -7,9 +7,7 @@ Run and per-query files are written by the writer functions at the bottom.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -194,30 +192,6 @@ def evaluate(run: Run, qrels: Qrels, measures: Iterable[str]) -> tuple[dict[str,
         per_query[m.query_id][names[repr(m.measure)]] = float(m.value)
     agg = {str(m): (sum(v[str(m)] for v in per_query.values()) / max(len(per_query), 1)) for m in parsed}
     return agg, per_query
-
-
-def write_trec_run(path: str | Path, run: Run, tag: str = "ranksweep") -> Path:
-    """Write ``run`` as a TREC run file (``qid Q0 docid rank score tag``), ranked by score."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("w") as f:
-        for qid in sorted(run):
-            ranked = sorted(run[qid].items(), key=lambda kv: (-kv[1], kv[0]))
-            for rank, (did, score) in enumerate(ranked, start=1):
-                f.write(f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n")
-    return p
-
-
-def write_per_query(path: str | Path, per_query: Mapping[str, Mapping[str, float]]) -> Path:
-    """Write per-query measure values as TSV (``query_id`` then one column per measure)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    cols = sorted({m for v in per_query.values() for m in v})
-    with p.open("w") as f:
-        f.write("\t".join(["query_id", *cols]) + "\n")
-        for qid in sorted(per_query):
-            f.write("\t".join([qid, *(f"{per_query[qid].get(c, math.nan):.6f}" for c in cols)]) + "\n")
-    return p
 
 
 def read_trec_run(source) -> dict[str, dict[str, float]]:

@@ -18,8 +18,8 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Sequence
-from typing import Literal, Optional
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -135,6 +135,13 @@ def run_chunks(forward, chunks: list[Chunk], n: int, device: torch.device) -> Te
     return out
 
 
+class GroupScores(NamedTuple):
+    """A student's forward pass over B queries and their groups of G documents."""
+    scores: Tensor  # (B, G)
+    embeddings: Tensor  # (B, G, H): what the diameter is measured on
+    all_pairs: Optional[Tensor] = None  # (B, B*G): every query against every document of the batch (in-batch negatives)
+
+
 class BiEncoder(nn.Module):
     """Shared-encoder bi-encoder: ``score(q, d) = scale * sim(pool(E(q)), pool(E(d)))``."""
 
@@ -173,6 +180,32 @@ class BiEncoder(nn.Module):
         """All-pairs scores (B, N) of queries (B, H) against documents (N, H) (in-batch negatives)."""
         return self.scale * q_emb @ d_emb.T
 
+    #: documents are embedded alone, so evaluation can retrieve from a whole corpus's index
+    retrieves = True
+
+    def forward_groups(self, queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], special: SpecialTokens,
+                       batch_tokens: int, device: torch.device, all_pairs: bool = False) -> GroupScores:
+        """B queries and their groups' B*G documents (group-major): scores, pooled document embeddings,
+        and with ``all_pairs`` every query against every document of the batch."""
+        b = len(queries)
+        q = self.encode(queries, special, batch_tokens, device)
+        d = self.encode(docs, special, batch_tokens, device)
+        d3 = d.view(b, len(docs) // b, -1)
+        return GroupScores(self.score_groups(q, d3), d3, self.score_all(q, d) if all_pairs else None)
+
+    def score_pools(self, queries: Sequence[np.ndarray], pools: Sequence[np.ndarray], doc: Callable[[int], np.ndarray],
+                    special: SpecialTokens, batch_tokens: int, device: torch.device) -> list[np.ndarray]:
+        """Each query's scores of its pool of document rows (``doc(row)`` gives a row's tokens); a
+        document shared by several pools is encoded once."""
+        uniq = np.unique(np.concatenate(pools)) if len(pools) else np.zeros(0, np.int64)
+        d_emb = self.encode([doc(int(x)) for x in uniq], special, batch_tokens, device).float()
+        q_emb = self.encode(queries, special, batch_tokens, device).float()
+        out = []
+        for i, pool in enumerate(pools):
+            rows = torch.from_numpy(np.searchsorted(uniq, pool)).to(device)
+            out.append((self.scale * d_emb[rows] @ q_emb[i]).cpu().numpy())
+        return out
+
 
 class CrossEncoder(nn.Module):
     """Encoder over the (query, document) pair with a linear head on the final [CLS] state."""
@@ -207,6 +240,26 @@ class CrossEncoder(nn.Module):
         """Scores (n,) and [CLS] embeddings (n, H) of the pairs, in the given order."""
         out = run_chunks(self.forward_pairs, pair_chunks(queries, docs, special, batch_tokens), len(queries), device)
         return out[:, 0], out[:, 1:]
+
+    #: every score needs a (query, document) forward pass: evaluation re-ranks first-stage candidates
+    retrieves = False
+
+    def forward_groups(self, queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], special: SpecialTokens,
+                       batch_tokens: int, device: torch.device, all_pairs: bool = False) -> GroupScores:
+        """B queries and their groups' B*G documents (group-major): scores and the pairs' [CLS] embeddings."""
+        if all_pairs:
+            raise ValueError("in-batch negatives need a bi-encoder student: a cross-encoder scores only the pairs it reads")
+        b, g = len(queries), len(docs) // len(queries)
+        s, e = self.score_pairs([queries[i // g] for i in range(b * g)], docs, special, batch_tokens, device)
+        return GroupScores(s.view(b, g), e.view(b, g, -1))
+
+    def score_pools(self, queries: Sequence[np.ndarray], pools: Sequence[np.ndarray], doc: Callable[[int], np.ndarray],
+                    special: SpecialTokens, batch_tokens: int, device: torch.device) -> list[np.ndarray]:
+        """Each query's scores of its pool of document rows (``doc(row)`` gives a row's tokens)."""
+        pq = [q for q, pool in zip(queries, pools) for _ in pool]
+        pd = [doc(int(x)) for pool in pools for x in pool]
+        s = self.score_pairs(pq, pd, special, batch_tokens, device)[0].cpu().numpy()
+        return np.split(s, np.cumsum([len(p) for p in pools])[:-1]) if len(pools) else []
 
 
 STUDENTS: Registry = Registry("student kind")

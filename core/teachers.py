@@ -34,14 +34,16 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from .config import TeacherConfig
+from .data.batching import SpecialTokens, pair_chunks
 from .data.bm25 import bm25_pair_scores
-from .data.cache import stage
+from .data.cache import cache_root, stage
 from .data.candidates import EncoderSpec, doc_embeddings, query_embeddings
 from .data.collections import Corpus, QuerySet, file_stat_key
-from .data.store import Ragged
-from .data.tokens import doc_tokens, query_tokens
+from .data.store import Ragged, TextStore
+from .data.tokens import TokenStore, doc_tokens, query_tokens
+from .executor import LOCAL
 from .metrics import read_trec_run
-from .models import pinned_threads
+from .models import SequenceClassifier, autocast, load_tokenizer, pinned_threads, resolve_device, resolve_model, run_chunks
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -144,7 +146,6 @@ class ScoringContext:
 
     def __post_init__(self) -> None:
         if self.executor is None:
-            from .executor import LOCAL
 
             self.executor = LOCAL
 
@@ -211,9 +212,6 @@ class CrossPairShard:
 def cross_pair_shard(job: CrossPairShard) -> int:
     import torch
 
-    from .data.batching import SpecialTokens, pair_chunks
-    from .data.tokens import TokenStore
-    from .models import SequenceClassifier, autocast, load_tokenizer, resolve_device, run_chunks
 
     device = resolve_device(job.device)
     tok = load_tokenizer(job.model)
@@ -237,7 +235,6 @@ def cross_pair_shard(job: CrossPairShard) -> int:
 
 
 def _cross_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
-    from .models import load_tokenizer, resolve_model
 
     tok = load_tokenizer(t.model)
     docs = doc_tokens(ctx.root, corpus, t.model, tok, ctx.max_doc_length, ctx.executor, ctx.shard_docs)
@@ -315,7 +312,6 @@ class FileJob:
 
 
 def file_job(job: FileJob) -> int:
-    from .data.store import TextStore
 
     table = read_teacher_file(job.path, job.format)
     docs, queries = TextStore.load(Path(job.corpus)), TextStore.load(Path(job.queries))
@@ -348,8 +344,6 @@ TEACHERS.register("file", _file_scores)
 
 def file_digest(path: str, root: Optional[Path] = None) -> str:
     """Content hash of a file, memoised by its stat in the cache (large teacher files are hashed once)."""
-    from .data.cache import cache_root
-
     p = Path(path)
     memo = (root or cache_root()) / "fingerprints" / f"file-{file_stat_key(p)}.txt"
     if memo.exists():

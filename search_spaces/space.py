@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ranksweep.core.config import ConfigError, TrialConfig, reference_rows, set_dotted
+from ranksweep.core.config import ConfigError, reference_rows, resolve_trial
 from ranksweep.core.registry import unknown_name_message
 
 HERE = Path(__file__).resolve().parent
@@ -54,16 +54,6 @@ class Axis:
 
 def _axis_keys() -> list[str]:
     return [k for k, _, _ in reference_rows()]
-
-
-def apply(base: dict, cell: dict) -> dict:
-    """The trial-config dict of ``base`` with ``cell``'s dotted keys set."""
-    import copy
-
-    d = copy.deepcopy(base)
-    for k, v in cell.items():
-        set_dotted(d, k, v)
-    return d
 
 
 @dataclass(frozen=True)
@@ -106,7 +96,7 @@ class SearchSpace:
                 probes = [int(p) for p in probes]
             for v in probes:
                 try:
-                    TrialConfig.from_dict(apply(base, {a.key: v}))
+                    resolve_trial(base, {a.key: v})
                 except ConfigError as e:
                     raise SpaceError(f"axis {a.key!r}: value {v!r} is not allowed: {e}") from None
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import yaml
 
-from .runs import ALIASES, parse_value
+from .runs import ALIASES, SweepReader, count_trials, parse_value
 
 
 def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: str = "max", filter: Optional[str] = None,
@@ -26,7 +26,6 @@ def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: 
     filter string (``params.\`axis.loss\` = 'kl'``). ``sweep`` restricts to one parent run by name
     (default: the latest sweep of the experiment).
     """
-    from .runs import SweepReader, count_trials
 
     reader = SweepReader(tracking_uri, experiment, sweep)
     counted = count_trials(reader.trials(filter=filter))

@@ -55,10 +55,12 @@ def main_trial(args: list[str]) -> int:
     from ranksweep.core import run_trial
     from ranksweep.core.data.cache import CacheError
     from ranksweep.core.data.collections import DatasetError
+    from ranksweep.core.evaluation import DIAMETER
     from ranksweep.core.teachers import TeacherError
+    from ranksweep.core.training import ENTROPY
 
     def report(metrics: dict[str, float], docs: int) -> None:
-        keys = [k for k in (f"dev/{cfg.eval.selection}", "train/loss", "probe/diameter", "train/teacher_entropy", "train/docs_per_s") if k in metrics]
+        keys = [k for k in (f"dev/{cfg.eval.selection}", "train/loss", DIAMETER, ENTROPY, "train/docs_per_s") if k in metrics]
         logger.info("docs %d: %s", docs, "  ".join(f"{k}={metrics[k]:.4f}" for k in keys))
 
     try:

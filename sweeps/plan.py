@@ -36,6 +36,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+from ray.tune.schedulers import TrialScheduler
+
+from ranksweep.core.config import resolve_trial
+
+from .runs import SweepReader, cell_label, count_trials, mlflow_key
+from .schedulers import early_stopping
+from .tuner import max_budget
 
 KEYS = ("scheduler", "params", "compute_fraction", "best_kept", "regret", "topk_kept")
 
@@ -92,7 +99,6 @@ class Curves:
         By default only trials that trained their own full budget (``runs.count_trials``); with
         ``include_stopped`` the trials a live scheduler stopped, too (their curves end where they stopped).
         """
-        from .runs import SweepReader, count_trials, mlflow_key
 
         reader = SweepReader(tracking_uri, experiment, sweep)
         metric = metric or reader.spec_value("metric", "dev/nDCG@10")
@@ -188,7 +194,6 @@ def replay(curves: Curves, scheduler, order: Optional[list[int]] = None, concurr
     of different settings train and evaluate at different speeds). ``seed`` seeds NumPy's global
     generator, which ``AsyncHyperBandScheduler`` uses to put trials into brackets (restored after).
     """
-    from ray.tune.schedulers import TrialScheduler
 
     order = curves.live_order() if order is None else list(order)
     trials = [_Trial(curves.trials[i].trial_id) for i in order]
@@ -259,8 +264,6 @@ class Setting:
 
     def build(self, metric: str, mode: str, budget: int):
         """The scheduler a sweep with this setting runs (``schedulers.early_stopping``), fresh."""
-        from .schedulers import early_stopping
-
         name = "asha" if self.name == "hyperband" else self.name  # asynchronous HyperBand: ASHA with brackets
         p = self.params
         return early_stopping(name, p.get("grace_docs", 1), p.get("reduction_factor", 2.0), p.get("brackets", 1), budget, metric, mode)
@@ -412,21 +415,16 @@ def recommend(rows: list[Row], noise: float, min_best_kept: float = 0.0) -> Opti
 
 def sweep_docs(sweep) -> tuple[int, int]:
     """A sweep's trial count and the training documents of all its trials (each trial's own budget)."""
-    from ranksweep.search_spaces.space import apply
-
     if sweep.fields.search == "grid":
-        per = [int(apply(sweep.base, cell).get("budget_docs", sweep.base_config().budget_docs)) for cell in sweep.space.grid()]
+        per = [resolve_trial(sweep.base, cell).budget_docs for cell in sweep.space.grid()]
         return len(per) * len(sweep.seeds), sum(per) * len(sweep.seeds)
     n = sweep.fields.num_samples
-    from .tuner import max_budget
 
     return n, n * max_budget(sweep)
 
 
 def cost_lines(p: Plan, sweep, gpus: float, docs_per_s: float) -> list[str]:
     """GPU-hours and wall-clock hours of ``sweep`` on ``gpus`` GPUs, without and with the recommended scheduler."""
-    from .tuner import max_budget
-
     n, docs = sweep_docs(sweep)
     per_trial = sweep.fields.resources.gpu or 1.0
     trial_hours = docs / docs_per_s / 3600
@@ -456,7 +454,6 @@ def _params(row: Row) -> str:
 def format_plan(p: Plan, fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps([r.as_dict() for r in p.rows], indent=1)
-    from .runs import cell_label
 
     c = p.curves
     best = next(t.cell for t in c.trials if t.cell_key() == p.best_cell)  # in the sweep's axis order

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from ranksweep.core import PrepareOptions, TrialConfig, prepare
-from ranksweep.search_spaces.space import apply
+from ranksweep.core import PrepareOptions, prepare
+from ranksweep.core.config import resolve_trial
 
 from .spec import SpecError, Sweep
 
@@ -138,7 +138,7 @@ def prepare_shared(sweep: Sweep, executor: Optional[Any] = None) -> dict[str, st
     keys = sweep.space.keys()
     out = {}
     for c in data_combos(sweep):
-        cfg = TrialConfig.from_dict(apply(base, c))
+        cfg = resolve_trial(base, c)
         logger.info("preparing shared data %s", c or "(base)")
         t0 = time.perf_counter()
         p = prepare(cfg, samplers=samplers or None, negatives_mix=mix or cfg.augment.negatives_mix > 0,

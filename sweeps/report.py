@@ -32,14 +32,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ranksweep.core.evaluation import DIAMETER
+from ranksweep.core.training import ENTROPY
+
 from .runs import SweepReader, TrialRun, cell_label, count_trials, parse_value
 from .stats import StatsError, correlation, equivalence, finite, marginal, mean_ci
 
 logger = logging.getLogger(__name__)
 
 NON_TEST_PREFIXES = ("dev", "train", "probe", "teacher", "bm25")
-ENTROPY = "train/teacher_entropy"
-DIAMETER = "probe/diameter"
 
 
 class ReportError(ValueError):

@@ -19,6 +19,12 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
+#: the trial's files (metrics, run files, per-query values), in its Ray working directory (the
+#: trainable's current directory): Ray uploads that directory to the trial's folder in the sweep's
+#: storage at every checkpoint (``SyncConfig(sync_artifacts=True)``), and the driver reads them
+#: from there for MLflow, whether storage is a shared path or a URI
+OUTPUTS = "outputs"
+
 ROLE = "ranksweep.role"
 SWEEP_KEY = "ranksweep.sweep_key"
 TRIAL_ID = "ranksweep.trial_id"

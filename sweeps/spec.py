@@ -23,8 +23,11 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from ranksweep.core.config import ConfigError, TrialConfig, build_dataclass, load_yaml
+from ranksweep.core import metric_keys
+from ranksweep.core.config import ConfigError, TrialConfig, build_dataclass, load_yaml, resolve_trial
 from ranksweep.search_spaces import SearchSpace, SpaceError, load_space
+
+from .runs import sqlite_path
 
 
 class SpecError(ValueError):
@@ -123,24 +126,15 @@ class Sweep:
 
 def absolute_uri(uri: str) -> str:
     """``sqlite:///relative.db`` → ``sqlite:////abs/path/relative.db`` (workers and resumes agree)."""
-    from .runs import sqlite_path
-
     db = sqlite_path(uri)
     if db is not None and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(db.resolve())
     return uri
 
 
-REPORTED_FIXED = ("docs_seen", "steps", "epoch", "train/loss", "train/docs_per_s", "train/lr", "train/random_fills", "probe/diameter",
-                  "probe/kl", "probe/teacher_entropy", "train/teacher_entropy", "train/teacher_pairwise_entropy")
-
-
 def reported_metrics(cfg: TrialConfig) -> set[str]:
-    """Keys a trial of ``cfg`` reports at every evaluation (what a scheduler can act on)."""
-    a = cfg.eval.diameter_alpha
-    keys = set(REPORTED_FIXED) | {f"dev/{cfg.eval.selection}", f"probe/diameter_q{round(100 * a)}"}
-    keys |= {f"train/{t.name}" for t in cfg.loss}
-    return keys
+    """Keys a trial of ``cfg`` reports at every evaluation (what a scheduler can act on): ``core.metric_keys``."""
+    return set(metric_keys(cfg))
 
 
 def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = None) -> Sweep:
@@ -201,11 +195,9 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
             cells = space.grid()
         except SpaceError as e:
             raise SpecError(f"space: {e}") from None
-        from ranksweep.search_spaces.space import apply
-
         for cell in cells:
             try:
-                TrialConfig.from_dict(apply(base, cell))
+                resolve_trial(base, cell)
             except ConfigError as e:
                 raise SpecError(f"space: cell {cell} is not a valid trial: {e}") from None
     if f.num_samples < 1:

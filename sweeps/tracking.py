@@ -29,10 +29,9 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from ranksweep.core.config import TrialConfig
-from ranksweep.search_spaces.space import apply
+from ranksweep.core.config import resolve_trial
 
-from .runs import CELL, ERROR, NODE_ID, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, bound_http_retries, cell_label, mlflow_key, sqlite_path
+from .runs import CELL, ERROR, NODE_ID, OUTPUTS, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, bound_http_retries, cell_label, mlflow_key, sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -411,7 +410,7 @@ def use_tracking_uri(sweep_key: str, uri: str) -> None:
 
 def trial_params(base: dict, cell: dict, seed: int) -> tuple[int, dict[str, str]]:
     """A trial's budget and its MLflow params: the full resolved config (defaults included), its axes and seed."""
-    cfg = TrialConfig.from_dict({**apply(base, cell), "seed": seed})
+    cfg = resolve_trial(base, cell, seed)
     params = {**flatten(cfg.to_dict()), **{f"axis.{k}": str(v) for k, v in cell.items()}, "seed": str(seed)}
     params.pop("output_dir", None)
     return cfg.budget_docs, params
@@ -424,8 +423,6 @@ def reconcile(writer: MLflowWriter, results, base: dict) -> None:
     could not finish (the tracking server away, the driver killed), a later ``--resume`` writes
     them from there. Steps already in a run are skipped, so a complete sweep costs one look per trial.
     """
-    from .trainable import OUTPUTS
-
     for r in results:
         config = r.config or {}
         tid = (r.metrics or {}).get("trial_id")
@@ -486,9 +483,7 @@ class MLflowTracking(Callback):
         self.writer.result(trial.trial_id, result)
 
     def _outputs(self, trial):
-        from .trainable import OUTPUTS
-
-        return trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{OUTPUTS}"
+            return trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{OUTPUTS}"
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.writer.end_trial(trial.trial_id, "FINISHED", {}, self._outputs(trial))

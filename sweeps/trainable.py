@@ -8,25 +8,14 @@ from pathlib import Path
 
 import torch
 
-from ranksweep.core import Trial, TrialConfig
-from ranksweep.search_spaces.space import apply
+from ranksweep.core import Trial
+from ranksweep.core.config import resolve_trial
 
 from .prepare import combo_key
+from .runs import OUTPUTS
 
 logger = logging.getLogger(__name__)
 
-#: the trial's files (metrics, run files, per-query values), in its Ray working directory (the
-#: trainable's current directory): Ray uploads that directory to the trial's folder in the sweep's
-#: storage at every checkpoint (``SyncConfig(sync_artifacts=True)``), and the driver reads them
-#: from there for MLflow, whether storage is a shared path or a URI
-OUTPUTS = "outputs"
-
-
-def resolve_trial(base: dict, cell: dict, seed: int) -> dict:
-    """The trial-config dict of one cell and seed."""
-    d = apply(base, cell)
-    d["seed"] = seed
-    return d
 
 
 def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: list[str], cpus: float, gpus: float) -> None:
@@ -42,14 +31,9 @@ def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: lis
 
     cell, seed = config["params"], int(config.get("seed", 0))
     ctx = tune.get_context()
-    d = resolve_trial(base, cell, seed)
-    d["output_dir"] = str(Path.cwd() / OUTPUTS)
-    if gpus <= 0:
-        d["num_threads"] = max(1, int(cpus))
-        d["device"] = "cpu"
-    else:
-        d["device"] = "cuda"  # a GPU trial never falls back to the CPU: resolve_device raises if CUDA is unusable here
-    cfg = TrialConfig.from_dict(d)
+    # a GPU trial never falls back to the CPU: resolve_device raises if CUDA is unusable here
+    placement = {"device": "cpu", "num_threads": max(1, int(cpus))} if gpus <= 0 else {"device": "cuda"}
+    cfg = resolve_trial(base, cell, seed, output_dir=str(Path.cwd() / OUTPUTS), **placement)
     trial = Trial(cfg, prepared[combo_key(cell, axes)])
     restored = 0
     ckpt = tune.get_checkpoint()

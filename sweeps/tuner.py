@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Optional
 
 from ranksweep.core import TrialConfig
+from ranksweep.core.data.cache import cache_root
 
 from .prepare import RayExecutor, check_shared, prepare_shared, shared_cache_path
-from .spec import SpecError, Sweep
-from .tracking import bound_http_retries, reconcile, use_tracking_uri, writer_for
+from .schedulers import Resumable, early_stopping
+from .spec import SpecError, Sweep, dump
+from .tracking import MLflowTracking, bound_http_retries, reconcile, use_tracking_uri, writer_for
+from .trainable import train_trial
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,6 @@ def scheduler_journal(sweep: Sweep) -> Path:
     """Where the scheduler's journal lives: beside the experiment, or in the cache when storage is a URI."""
     if "://" not in sweep.storage:
         return Path(experiment_path(sweep)) / "ranksweep-scheduler.jsonl"
-    from ranksweep.core.data.cache import cache_root
 
     return cache_root(sweep.base_config().data.cache_dir) / "journals" / f"{sweep_key(sweep)}.jsonl"
 
@@ -45,7 +47,6 @@ def scheduler_journal(sweep: Sweep) -> Path:
 def _scheduler(sweep: Sweep, cfg: TrialConfig):
     from ray.tune.schedulers import FIFOScheduler
 
-    from .schedulers import Resumable, early_stopping
 
     s = sweep.fields.scheduler
     if s.name == "none":
@@ -71,7 +72,6 @@ def trainable(sweep: Sweep, prepared: dict[str, str]):
     """The trial function with what is not searched bound: base trial, prepared data, resources."""
     from ray import tune
 
-    from .trainable import train_trial
 
     r = sweep.fields.resources
     fn = tune.with_parameters(train_trial, base=sweep.base, prepared=prepared, axes=sweep.space.keys(), cpus=r.cpu, gpus=r.gpu)
@@ -79,8 +79,6 @@ def trainable(sweep: Sweep, prepared: dict[str, str]):
 
 
 def callbacks(sweep: Sweep, tracking_uri: Optional[str] = None) -> list:
-    from .spec import dump
-    from .tracking import MLflowTracking
 
     params = {"spec": sweep.raw, "axes": sweep.space.keys(), "trials": sweep.trial_count()}
     return [MLflowTracking(tracking_uri or sweep.tracking_uri, sweep.experiment, sweep.name, sweep_key(sweep), base=sweep.base,

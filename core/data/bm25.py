@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from ..executor import LOCAL
 from .cache import stage
+from .candidates import Candidates
 from .store import Ragged, TextStore
 from .tokens import shard_ranges
 
@@ -110,8 +112,6 @@ def build_index(job: IndexJob) -> int:
 
 def bm25_index(root: Path, corpus: "Corpus", executor: Optional["Executor"] = None, cpus: int = 1) -> Path:
     """The tantivy index of ``corpus`` (cached stage ``bm25_index``, built by one task with ``cpus`` threads)."""
-    from ..executor import LOCAL
-
     executor = executor or LOCAL
 
     def build(tmp: Path) -> None:
@@ -251,9 +251,6 @@ def search_shard(job: SearchShard) -> int:
 def bm25_candidates(root: Path, corpus: "Corpus", queries: "QuerySet", k: int, executor: Optional["Executor"] = None,
                     cpus: int = 1, shard_queries: int = 50_000) -> "Candidates":
     """BM25 top-k of every query of ``queries`` over ``corpus`` (cached, retrieved in query shards)."""
-    from ..executor import LOCAL
-    from .candidates import Candidates
-
     executor = executor or LOCAL
     k = min(k, corpus.count)
     key = {"corpus": corpus.key, "queries": queries.key, "n": len(queries), "k": k, **settings()}
@@ -281,7 +278,6 @@ class PairShard:
 
 
 def pair_shard(job: PairShard) -> int:
-    from .candidates import Candidates
 
     texts = TextStore.load(Path(job.queries)).texts(job.start, job.stop)
     pools = Ragged.load(Path(job.pools), "pools")
@@ -318,7 +314,6 @@ def bm25_pair_scores(root: Path, corpus: "Corpus", queries: "QuerySet", pools: R
     being built); only the pairs asked for are scored, and with ``known`` (BM25 candidates of the
     same queries) the pairs among them take their retrieval scores instead of being scored again.
     """
-    from ..executor import LOCAL
 
     executor = executor or LOCAL
     index = bm25_index(root, corpus, executor, cpus)

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from ..models import pinned_threads
+from ..executor import LOCAL
+from ..models import BiEncoder, autocast, load_encoder, load_tokenizer, pinned_threads, resolve_device, resolve_model
+from .batching import SpecialTokens
 from .cache import stage
 from .store import TextStore
 from .tokens import TokenStore, doc_tokens, query_tokens, shard_ranges, tokenizer_key
@@ -101,7 +103,6 @@ class EncoderSpec:
 
 
 def _spec_key(spec: EncoderSpec, tok) -> dict:
-    from ..models import resolve_model
 
     return {
         "model": resolve_model(spec.model) if spec.model != "minilm" else "minilm",
@@ -128,8 +129,6 @@ def embed_shard(job: EmbedShard) -> int:
     """Embeddings (float16) of sequences ``[start, stop)`` of a token store, on the task's device."""
     import torch
 
-    from ..models import BiEncoder, autocast, load_encoder, load_tokenizer, resolve_device
-    from .batching import SpecialTokens
 
     device = resolve_device(job.device)
     tok = load_tokenizer(job.spec.model)
@@ -169,9 +168,6 @@ def _embed(root: Path, kind: str, key: dict, tokens: TokenStore, spec: EncoderSp
 def doc_embeddings(root: Path, corpus: "Corpus", spec: EncoderSpec, executor: Optional["Executor"] = None, gpus: float = 0,
                    cpus: int = 1, shard_docs: int = 500_000, batch_tokens: int = 16384) -> np.ndarray:
     """(N, H) float16 embeddings of every document (memory-mapped, cached; GPU tasks over document ranges)."""
-    from ..executor import LOCAL
-    from ..models import load_tokenizer
-
     executor = executor or LOCAL
     tok = load_tokenizer(spec.model)
     tokens = doc_tokens(root, corpus, spec.model, tok, spec.max_doc_length, executor, shard_docs)
@@ -182,9 +178,6 @@ def doc_embeddings(root: Path, corpus: "Corpus", spec: EncoderSpec, executor: Op
 def query_embeddings(root: Path, queries: "QuerySet", spec: EncoderSpec, executor: Optional["Executor"] = None, gpus: float = 0,
                      cpus: int = 1, shard_queries: int = 500_000, batch_tokens: int = 16384) -> np.ndarray:
     """(Q, H) float16 embeddings of a ``QuerySet`` (cached)."""
-    from ..executor import LOCAL
-    from ..models import load_tokenizer
-
     executor = executor or LOCAL
     tok = load_tokenizer(spec.model)
     tokens = query_tokens(root, queries, spec.model, tok, spec.max_query_length, executor, shard_queries)
@@ -192,14 +185,25 @@ def query_embeddings(root: Path, queries: "QuerySet", spec: EncoderSpec, executo
     return _embed(root, "query_embeddings", key, tokens, spec, executor, gpus, cpus, shard_queries, batch_tokens)
 
 
-def flat_ip_index(dim: int):
-    """An exact inner-product FAISS index (on the GPU when faiss-gpu and a GPU are present); add float32 blocks to it."""
+def flat_ip_index(dim: int, fp16: bool = False):
+    """An exact inner-product FAISS index (on the GPU when faiss-gpu and a GPU are present); add float32 blocks to it.
+
+    ``fp16`` stores the vectors as float16 (``IndexScalarQuantizer`` with ``QT_fp16``; on the GPU a flat
+    index with ``useFloat16``): half the memory, scores exact up to float16 rounding of the vectors.
+    """
     import faiss
 
-    index = faiss.IndexFlatIP(dim)
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:  # pragma: no cover (GPU only)
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    return index
+    gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if gpu:  # pragma: no cover (GPU only)
+        config = faiss.GpuIndexFlatConfig()
+        config.useFloat16 = fp16
+        res = faiss.StandardGpuResources()
+        index = faiss.GpuIndexFlatIP(res, dim, config)
+        index.referenced_objects = [res]  # the resources live as long as the index
+        return index
+    if fp16:
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    return faiss.IndexFlatIP(dim)
 
 
 def index_search(index, q_emb: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -276,9 +280,6 @@ def dense_candidates(root: Path, corpus: "Corpus", queries: "QuerySet", k: int, 
                      executor: Optional["Executor"] = None, gpus: float = 0, cpus: int = 1, shard_docs: int = 500_000,
                      shard_queries: int = 500_000) -> Candidates:
     """Dense top-k of every query of ``queries`` (cached; embedding and search sharded by document range)."""
-    from ..executor import LOCAL
-    from ..models import load_tokenizer
-
     executor = executor or LOCAL
     tok = load_tokenizer(spec.model)
     k = min(k, corpus.count)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from ..config import ConfigError
+from ..executor import LOCAL
 from ..registry import unknown_name_message
 from .cache import cache_root, stage
 from .store import TextStore
@@ -45,8 +47,6 @@ def _parse_local(dataset_id: str) -> tuple[Path, str]:
 
 def check_dataset_id(dataset_id: str, path: str = "dataset") -> None:
     """Raise ``ConfigError`` naming ``path`` unless ``dataset_id`` resolves (without loading data)."""
-    from ..config import ConfigError
-
     if not isinstance(dataset_id, str) or not dataset_id:
         raise ConfigError(f"{path}: expected a dataset id, got {dataset_id!r}")
     if dataset_id.startswith("local:"):
@@ -84,8 +84,6 @@ class Corpus:
 
     def store(self, root: Optional[Path] = None, executor: Optional["Executor"] = None) -> TextStore:
         """The corpus as a ``TextStore`` (built once per corpus, as one task of ``executor``)."""
-        from ..executor import LOCAL
-
         root = root or cache_root()
         executor = executor or LOCAL
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from ..executor import LOCAL
+from ..models import load_tokenizer, resolve_model
 from .cache import stage
 from .store import TextStore
 
@@ -88,7 +90,6 @@ class TokenizeShard:
 
 
 def tokenize_shard(job: TokenizeShard) -> int:
-    from ..models import load_tokenizer
 
     store = TextStore.load(Path(job.source))
     tok = load_tokenizer(job.model)
@@ -131,9 +132,6 @@ def merge_token_parts(parts: list[Path], folder: Path) -> None:
 def tokenize_store(root: Path, kind: str, store: TextStore, store_key: str, model: str, tokenizer, max_length: int,
                    executor: Optional["Executor"] = None, shard_size: int = 250_000) -> TokenStore:
     """Every text of ``store`` tokenized by ``model``'s tokenizer (cached stage ``kind``, built in shards)."""
-    from ..executor import LOCAL
-    from ..models import resolve_model
-
     executor = executor or LOCAL
     key = {"texts": store_key, "n": len(store), "tokenizer": tokenizer_key(tokenizer), "max_length": max_length}
 

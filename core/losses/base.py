@@ -69,7 +69,10 @@ def check_loss_params(name: str, params: dict) -> None:
 
 @dataclass(frozen=True)
 class WeightedLoss:
-    """One configured term of the training objective: ``weight * LOSSES[name](s, t, T, **params)``.
+    """One configured term of the training objective, ``LOSSES[name](s, t, T, **params)``.
+
+    Calling it returns the unweighted value (what the trial reports as ``train/<name>``); the
+    trainer multiplies it by ``weight`` when it sums the objective.
 
     Example::
 

@@ -43,7 +43,7 @@ def margin_mse(student: Tensor, teacher: Optional[Tensor], temperature: float = 
         Knowledge Distillation", https://arxiv.org/abs/2010.02666 (2020).
 
     Inputs:
-        ``TrainBatch.teacher_scores`` (B, G).
+        the teacher's scores of the sampled group (B, G), looked up by ``Trainer`` in the prepared score table.
 
     Relations:
         Scale-sensitive (unlike ``kl``/``listnet``): teacher and student scores must live on
@@ -94,7 +94,7 @@ def kl(student: Tensor, teacher: Optional[Tensor], temperature: float = 1.0) -> 
         used for ranking distillation by Parry, Ganguly, MacAvaney, arXiv 2505.21058.
 
     Inputs:
-        ``TrainBatch.teacher_scores`` (B, G).
+        the teacher's scores of the sampled group (B, G), looked up by ``Trainer`` in the prepared score table.
 
     Relations:
         The teacher entropy it sees is ``ranksweep.core.metrics.listwise_entropy(t, T)``;

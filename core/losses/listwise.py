@@ -46,7 +46,7 @@ def lce(student: Tensor, teacher: Optional[Tensor] = None, temperature: float = 
         ECIR 2021, https://arxiv.org/abs/2101.08751 (InfoNCE: van den Oord et al. 2018).
 
     Inputs:
-        ``TrainBatch.doc_ids`` (B, G) with the positive first; teacher scores unused.
+        the student's scores of the sampled group (B, G), the positive in column 0 (as every sampler emits it); teacher scores unused.
 
     Relations:
         The contrastive baseline of Xu et al. (arXiv 2507.08336); ``kl`` is its distillation
@@ -93,7 +93,7 @@ def listnet(student: Tensor, teacher: Optional[Tensor], temperature: float = 1.0
         Cao et al., "Learning to Rank: From Pairwise Approach to Listwise Approach", ICML 2007.
 
     Inputs:
-        ``TrainBatch.teacher_scores`` (B, G).
+        the teacher's scores of the sampled group (B, G), looked up by ``Trainer`` in the prepared score table.
 
     Relations:
         Differs from ``kl`` by the teacher entropy (constant in the student) and by leaving the

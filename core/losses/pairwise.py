@@ -60,7 +60,7 @@ def ranknet(
         Burges et al., "Learning to Rank using Gradient Descent", ICML 2005.
 
     Inputs:
-        ``TrainBatch.teacher_scores`` (B, G) when present.
+        the teacher's scores of the sampled group (B, G) when a teacher is configured (``Trainer`` looks them up in the prepared score table).
 
     Relations:
         ``margin_mse`` regresses the same differences instead of classifying them; the target's

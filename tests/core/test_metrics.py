@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ranksweep.core.metrics import diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy, read_trec_run, write_trec_run
+from ranksweep.core.metrics import diameter, evaluate, kl_divergence, listwise_entropy, pairwise_entropy, read_trec_run
+from ranksweep.core.writers import write_trec_run
 
 
 def test_listwise_entropy_by_hand():

@@ -15,7 +15,7 @@ import scipy.stats
 import torch
 from conftest import TINY_BEIR, fast_config
 
-from ranksweep.core import Trial, TrialConfig, prepare, run_trial
+from ranksweep.core import Trial, TrialConfig, metric_keys, prepare, run_trial
 from ranksweep.core.losses import LOSSES
 from ranksweep.core.metrics import read_trec_run
 
@@ -26,6 +26,14 @@ def _cfg(tmp_path, tiny_model, **over):
     return TrialConfig.from_dict(fast_config(tmp_path, **over))
 
 
+def _assert_emits_exactly(cfg, calls):
+    """Every evaluation reports exactly ``metric_keys(cfg)``; the final one adds the eval sets and reference metrics."""
+    p = prepare(cfg)
+    for _, m in calls[:-1]:
+        assert set(m) == set(metric_keys(cfg))
+    assert set(calls[-1][1]) == set(metric_keys(cfg, [es.name for es in p.evals], final=True)) | set(p.reference_metrics)
+
+
 def test_trial_trains_exactly_the_budget_and_reports(tmp_path, tiny_model):
     # 72 docs with 4 queries x 4 docs per micro-batch: 4 full batches + one of 2 queries
     cfg = _cfg(tmp_path, tiny_model, budget_docs=72, eval_every_docs=32)
@@ -33,6 +41,7 @@ def test_trial_trains_exactly_the_budget_and_reports(tmp_path, tiny_model):
     final = run_trial(cfg, report=lambda m, docs: calls.append((docs, dict(m))))
     assert [d for d, _ in calls] == [32, 64, 72]
     assert final["docs_seen"] == 72 and final["steps"] == 5
+    _assert_emits_exactly(cfg, calls)
     for docs, m in calls:
         assert m["docs_seen"] == docs
         for key in ("dev/nDCG@10", "train/loss", "train/kl", "probe/diameter", "probe/kl",
@@ -84,11 +93,11 @@ def test_a_checkpoint_resumes_the_same_trial_with_gradient_accumulation(tmp_path
     buf.seek(0)
     resumed = Trial(cfg, p)
     resumed.load_state_dict(torch.load(buf, weights_only=False))
-    assert resumed.docs_seen == 32 and resumed.steps == 1
+    assert resumed.docs_seen == 32 and resumed.trainer.steps == 1
     resumed.train_until(64)
-    assert (resumed.docs_seen, resumed.steps) == (whole.docs_seen, whole.steps) == (64, 2)
+    assert (resumed.docs_seen, resumed.trainer.steps) == (whole.docs_seen, whole.trainer.steps) == (64, 2)
     assert all(torch.equal(a, b) for a, b in zip(whole.model.parameters(), resumed.model.parameters()))
-    assert resumed.sched.get_last_lr() == whole.sched.get_last_lr()
+    assert resumed.trainer.sched.get_last_lr() == whole.trainer.sched.get_last_lr()
     assert not all(torch.equal(a, b) for a, b in zip(whole.model.parameters(), first.model.parameters()))
 
 
@@ -105,9 +114,21 @@ def test_every_loss_trains_a_cross_encoder(tmp_path, tiny_model, loss):
 def test_samplers_and_augmentations_run(tmp_path, tiny_model, sampler):
     cfg = _cfg(tmp_path, tiny_model, sampler=sampler, budget_docs=32,
                augment={"negatives_mix": 0.5, "in_batch": True, "entropy_band": [0.0, 0.5]})
-    t = Trial(cfg)
-    assert len(t.train_rows) == pytest.approx(len(t.p.train_rows) / 2, abs=2)
+    calls = []
+    t = Trial(cfg, report=lambda m, docs: calls.append((docs, m)))
+    assert len(t.trainer.rows) == pytest.approx(len(t.p.train_rows) / 2, abs=2)
     final = t.run()
+    assert np.isfinite(final["train/in_batch_lce"])
+    _assert_emits_exactly(cfg, calls)
+
+
+def test_in_batch_negatives_without_a_teacher_report_their_own_keys(tmp_path, tiny_model):
+    # the contrastive baseline: no teacher (no entropy, no probe KL), lce over the whole batch
+    cfg = _cfg(tmp_path, tiny_model, loss="lce", teacher={"kind": "none"}, budget_docs=32, eval_every_docs=16, augment={"in_batch": True})
+    calls = []
+    final = run_trial(cfg, report=lambda m, docs: calls.append((docs, m)))
+    _assert_emits_exactly(cfg, calls)
+    assert "train/lce" not in final and "probe/kl" not in final and "train/teacher_entropy" not in final
     assert np.isfinite(final["train/in_batch_lce"])
 
 
@@ -118,8 +139,8 @@ def test_random_fills_count_the_negatives_a_short_window_lacked(tmp_path, tiny_m
     t = Trial(_cfg(tmp_path, tiny_model, sampler={"name": "bm25", "depth": [47, 50]}, budget_docs=32, eval_every_docs=32,
                    loss="lce", teacher={"kind": "none"}))
     final = t.run()
-    trained = t.order[:t.cursor]
-    assert t.epoch == 1 and len(trained) == 8  # the first epoch: 32 docs in groups of 4
+    trained = t.trainer.order[:t.trainer.cursor]
+    assert t.trainer.epoch == 1 and len(trained) == 8  # the first epoch: 32 docs in groups of 4
     expected = sum(max(0, 3 - len(t.sampler.window(int(r)))) for r in trained)
     assert expected > 0 and final["train/random_fills"] == expected
     final = Trial(_cfg(tmp_path, tiny_model, sampler={"name": "bm25", "depth": [0, 10]}, budget_docs=32, eval_every_docs=32)).run()
@@ -127,12 +148,12 @@ def test_random_fills_count_the_negatives_a_short_window_lacked(tmp_path, tiny_m
 
 
 def test_eval_sets_on_one_corpus_share_one_streamed_index(tmp_path, tiny_model, monkeypatch):
-    import ranksweep.core.trial as trial_mod
+    import ranksweep.core.evaluation as trial_mod
 
     made = []
 
-    def counting(dim):
-        made.append(trial_mod.flat_ip_index.__wrapped__(dim))
+    def counting(dim, **kw):
+        made.append(trial_mod.flat_ip_index.__wrapped__(dim, **kw))
         return made[-1]
 
     counting.__wrapped__ = trial_mod.flat_ip_index
@@ -155,7 +176,7 @@ def test_random_negatives_are_less_local_than_bm25(tmp_path):
     diam = {}
     for sampler in ("random", "bm25"):
         cfg = TrialConfig.from_dict(fast_config(tmp_path, sampler=sampler, **{"eval.probe_queries": 16, "student.num_layers": 6}))
-        diam[sampler] = Trial(cfg)._probe_metrics()["probe/diameter"]
+        diam[sampler] = Trial(cfg).evaluator.probe()["probe/diameter"]
     assert diam["bm25"] < diam["random"]
 
 
@@ -165,9 +186,9 @@ def test_entropy_band_selects_low_and_high_entropy_queries(tmp_path, tiny_model)
     ent = {}
     for band in ([0.0, 0.25], [0.75, 1.0]):
         t = Trial(_cfg(tmp_path, tiny_model, augment={"entropy_band": band}))
-        g = t.sampler.sample(t.train_rows, t.cfg.group_size, np.random.default_rng(0))
-        ent[band[0]] = listwise_entropy(torch.from_numpy(t.p.teacher.lookup(t.train_rows, g)), 1.0).mean().item()
-        assert abs(len(t.train_rows) - 0.25 * len(t.p.train_rows)) <= 2
+        g = t.sampler.sample(t.trainer.rows, t.cfg.group_size, np.random.default_rng(0))
+        ent[band[0]] = listwise_entropy(torch.from_numpy(t.p.teacher.lookup(t.trainer.rows, g)), 1.0).mean().item()
+        assert abs(len(t.trainer.rows) - 0.25 * len(t.p.train_rows)) <= 2
     assert ent[0.0] < ent[0.75]
 
 
