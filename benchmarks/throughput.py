@@ -1,21 +1,22 @@
-"""Docs/s of the core's cross-encoder train step next to a plain HF-style loop, measured in one run.
+"""Docs/s of the trial's own training step next to a plain HF-style loop, measured in one run.
 
-Both loops train the same model (random weights of the named architecture: throughput does not
-depend on the weights) on the same groups of ``B`` queries x ``G`` documents with the same loss
-(``kl``) and AdamW, bf16 autocast on CUDA:
+The trial's step is ``Trainer.train_until`` (what ``Trial.train_until`` runs): its sampler call,
+teacher lookup, length-sorted chunks padded to their own longest sequence, SDPA attention, bf16
+autocast and fused AdamW on CUDA, the linear warmup schedule, and loss sums kept on the device.
+The baseline is the loop most training scripts write: every sequence padded to ``--max-length``
+(what a tokenizer call with ``padding="max_length"`` produces), one forward over the batch, the
+same loss (``kl``), AdamW and autocast. Both train the same architecture from the same random
+weights (throughput does not depend on the weights) on the same sampled groups.
 
-- baseline: every (query, document) pair padded to ``--max-length`` (what a tokenizer call with
-  ``padding="max_length"`` produces), one forward over the whole batch;
-- core: the trial's path: pre-tokenized inputs, length-sorted chunks padded only to their own
-  longest sequence (multiple of 8), SDPA attention, fused AdamW on CUDA.
-
-Lengths follow MS MARCO passage ranking: query and passage token counts are drawn from
-log-normal fits (queries: median 8 tokens; passages: median 70, long tail cut at the maximum).
+The data is synthetic at MS MARCO's shape: query and passage token counts drawn from log-normal
+fits (queries: median 8 tokens; passages: median 70, long tail cut at the maximum), a random
+teacher score per (query, passage). On CUDA ``--compile`` also times both loops with the encoder
+under ``torch.compile`` (dynamic shapes for the trial's variable-length chunks).
 
 Usage::
 
-    python benchmarks/throughput.py                       # bert-base, GPU if present
-    python benchmarks/throughput.py --arch minilm --steps 3   # a quick CPU check
+    python benchmarks/throughput.py --compile                  # bert-base, cross and bi, on a GPU
+    python benchmarks/throughput.py --arch minilm --queries 8 --steps 4 --warmup 1   # a CPU check
 """
 
 from __future__ import annotations
@@ -28,139 +29,213 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import erfinv
 
-from ranksweep.core.data.batching import SpecialTokens, pair_chunks  # noqa: E402
-from ranksweep.core.losses import kl  # noqa: E402
-from ranksweep.core.models import CrossEncoder, autocast, run_chunks  # noqa: E402
+from ranksweep.core.config import TrialConfig
+from ranksweep.core.data.batching import SpecialTokens
+from ranksweep.core.losses import kl
+from ranksweep.core.models import STUDENTS, autocast, pool
+from ranksweep.core.training import Trainer
 
 ARCHS = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
 }
+SPECIAL = SpecialTokens(cls=101, sep=102, pad=0)
 
 
-def msmarco_lengths(n: int, rng: np.random.Generator, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    q = np.clip(np.round(rng.lognormal(np.log(8), 0.35, n)), 2, 32).astype(int)
-    d = np.clip(np.round(rng.lognormal(np.log(70), 0.45, n)), 8, max_len - 35).astype(int)
-    return q, d
+class Tokens:
+    """Token sequences by row (what a prepared ``TokenStore`` gives the trainer)."""
+
+    def __init__(self, lengths: np.ndarray, rng: np.random.Generator) -> None:
+        self.seqs = [rng.integers(1000, 29000, size=int(n)).astype(np.int32) for n in lengths]
+
+    def get(self, i: int) -> np.ndarray:
+        return self.seqs[i]
+
+    def __len__(self) -> int:
+        return len(self.seqs)
 
 
-def build(arch: str, device: torch.device):
+class RandomTeacher:
+    """A fixed teacher score per (query, passage): a hash of the pair, standard normal."""
+
+    def lookup(self, rows, groups) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.uint64)[:, None]
+        h = (rows * np.uint64(0x9E3779B97F4A7C15) ^ np.asarray(groups, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)) >> np.uint64(11)
+        u = (h.astype(np.float64) + 0.5) / float(1 << 53)
+        return np.sqrt(2) * erfinv(2 * u - 1)
+
+
+class UniformSampler:
+    """Groups of ``g`` passages per query, uniformly at random (the random sampler's cost, without pools)."""
+
+    fills = 0
+
+    def __init__(self, n_docs: int) -> None:
+        self.n_docs = n_docs
+
+    def sample(self, rows: np.ndarray, g: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, self.n_docs, size=(len(rows), g))
+
+
+class Synthetic:
+    """The prepared data a ``Trainer`` reads: training rows and a teacher."""
+
+    def __init__(self, n_queries: int) -> None:
+        self.train_rows = np.arange(n_queries)
+        self.teacher = RandomTeacher()
+        self.pools = None
+
+
+def lengths(n: int, rng: np.random.Generator, median: float, sigma: float, lo: int, hi: int) -> np.ndarray:
+    return np.clip(np.round(rng.lognormal(np.log(median), sigma, n)), lo, hi).astype(int)
+
+
+def student(kind: str, arch: str, device: torch.device, cfg: TrialConfig) -> torch.nn.Module:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, max_position_embeddings=512, **ARCHS[arch])
-    enc = BertModel(cfg, add_pooling_layer=False)
-    return CrossEncoder(enc).to(device)
+    config = BertConfig(vocab_size=30522, max_position_embeddings=512, **ARCHS[arch])
+    config._attn_implementation = "sdpa"  # as load_encoder asks for it
+    enc = BertModel(config, add_pooling_layer=False)
+    return STUDENTS[kind].from_config(enc, cfg.student, 0).to(device).train()
 
 
-def optimizer(model, device):
-    kw = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(model.parameters(), lr=1e-5, **kw)
+def padded(seqs: list[np.ndarray], max_len: int, pair_with: list[np.ndarray] | None = None):
+    """Input ids, token types and mask of ``[CLS] q [SEP] (d [SEP])`` padded to ``max_len``."""
+    n = len(seqs)
+    ids = torch.full((n, max_len), SPECIAL.pad, dtype=torch.long)
+    tt = torch.zeros((n, max_len), dtype=torch.long)
+    mask = torch.zeros((n, max_len), dtype=torch.long)
+    for i, q in enumerate(seqs):
+        row = [SPECIAL.cls, *q, SPECIAL.sep]
+        if pair_with is not None:
+            row += [*pair_with[i], SPECIAL.sep]
+        row = np.asarray(row[:max_len], dtype=np.int64)
+        ids[i, : len(row)] = torch.from_numpy(row)
+        mask[i, : len(row)] = 1
+        if pair_with is not None:
+            tt[i, len(q) + 2 : len(row)] = 1
+    return ids, tt, mask
 
 
-def sync(device):
+class Baseline:
+    """The plain loop: fixed padding, one forward per batch, AdamW, the same groups as the trainer."""
+
+    def __init__(self, model, cfg: TrialConfig, data: Synthetic, queries: Tokens, docs: Tokens, sampler, device, max_len: int) -> None:
+        self.model, self.cfg, self.data, self.queries, self.docs, self.sampler = model, cfg, data, queries, docs, sampler
+        self.device, self.max_len = device, max_len
+        self.rng = np.random.default_rng(cfg.seed)
+        self.order = data.train_rows[self.rng.permutation(len(data.train_rows))]
+        self.cursor = 0
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, **({"fused": True} if device.type == "cuda" else {}))
+
+    def step(self) -> None:
+        b, g = self.cfg.optim.batch_size, self.cfg.group_size
+        rows = self.order[self.cursor : self.cursor + b]
+        self.cursor += b
+        groups = self.sampler.sample(rows, g, self.rng)
+        teacher = torch.from_numpy(self.data.teacher.lookup(rows, groups)).to(self.device)
+        q = [self.queries.get(int(r)) for r in rows]
+        d = [self.docs.get(int(x)) for x in groups.reshape(-1)]
+        m, dev = self.model, self.device
+        with autocast(dev):
+            if m.kind == "cross":
+                ids, tt, mask = (x.to(dev) for x in padded([q[i // g] for i in range(b * g)], self.max_len, d))
+                h = m.encoder(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+                s = m.head(h[:, 0]).float().view(b, g)
+            else:
+                qi, qt, qm = (x.to(dev) for x in padded(q, 32))
+                di, dt, dm = (x.to(dev) for x in padded(d, self.max_len))
+                qe = _pool(m, qi, qt, qm)
+                de = _pool(m, di, dt, dm).view(b, g, -1)
+                s = m.score_groups(qe, de)
+        kl(s.float(), teacher, self.cfg.temperature).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def train_docs(self, docs: int) -> None:
+        for _ in range(docs // (self.cfg.optim.batch_size * self.cfg.group_size)):
+            self.step()
+
+
+def _pool(m, ids, tt, mask):
+    h = m.encoder(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+    e = pool(h, mask, m.pooling).float()
+    return torch.nn.functional.normalize(e, dim=-1) if m.similarity == "cos" else e
+
+
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def make_groups(steps: int, b: int, g: int, max_len: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(steps):
-        ql, dl = msmarco_lengths(b * g, rng, max_len)
-        qs = [rng.integers(1000, 29000, size=ql[i // g * g]).astype(np.int32) for i in range(b * g)]  # one query per group
-        ds = [rng.integers(1000, 29000, size=n).astype(np.int32) for n in dl]
-        teacher = torch.randn(b, g)
-        out.append((qs, ds, teacher))
-    return out
-
-
-def baseline_step(model, opt, qs, ds, teacher, special, max_len, device, b, g):
-    n = len(qs)
-    ids = torch.full((n, max_len), special.pad, dtype=torch.long)
-    tt = torch.zeros((n, max_len), dtype=torch.long)
-    mask = torch.zeros((n, max_len), dtype=torch.long)
-    for i, (q, d) in enumerate(zip(qs, ds)):
-        row = np.concatenate(([special.cls], q, [special.sep], d, [special.sep]))[:max_len]
-        ids[i, : len(row)] = torch.from_numpy(row.astype(np.int64))
-        mask[i, : len(row)] = 1
-        tt[i, len(q) + 2 : len(row)] = 1
-    ids, tt, mask = ids.to(device), tt.to(device), mask.to(device)
-    with autocast(device):
-        h = model.encoder(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
-        s = model.head(h[:, 0]).float().view(b, g)
-    loss = kl(s, teacher.to(device), 1.0)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def core_step(model, opt, qs, ds, teacher, special, device, b, g, batch_tokens):
-    chunks = pair_chunks(qs, ds, special, batch_tokens)
-    with autocast(device):
-        out = run_chunks(model.forward_pairs, chunks, len(qs), device)
-    loss = kl(out[:, 0].view(b, g), teacher.to(device), 1.0)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def timed(fn, batches, warmup: int, device) -> float:
-    for args in batches[:warmup]:
-        fn(*args)
+def measure(kind: str, loop: str, compiled: bool, a, device, data, queries, docs) -> float:
+    """Docs/s of ``loop`` (``trial`` or ``baseline``) over ``a.steps`` timed steps after ``a.warmup``."""
+    cfg = TrialConfig.from_dict({"student": {"kind": kind}, "loss": "kl", "group_size": a.group, "teacher": "bm25",
+                                 "optim": {"batch_size": a.queries, "lr": 1e-5, "warmup_fraction": 0.0},
+                                 "budget_docs": (a.steps + a.warmup + 1) * a.queries * a.group})
+    model = student(kind, a.arch, device, cfg)
+    if compiled:
+        model.encoder = torch.compile(model.encoder, dynamic=(loop == "trial"))
+    sampler = UniformSampler(len(docs))
+    per_step = a.queries * a.group
+    if loop == "trial":
+        t = Trainer(cfg, data, model, queries, docs, SPECIAL, device, sampler)
+        run = lambda n: t.train_until(t.docs_seen + n * per_step)  # noqa: E731
+    else:
+        bl = Baseline(model, cfg, data, queries, docs, sampler, device, a.max_length)
+        run = lambda n: bl.train_docs(n * per_step)  # noqa: E731
+    run(a.warmup)
     sync(device)
     t0 = time.perf_counter()
-    for args in batches[warmup:]:
-        fn(*args)
+    run(a.steps)
     sync(device)
-    return time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return a.steps * per_step / secs
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="bert-base", choices=sorted(ARCHS))
+    p.add_argument("--kinds", nargs="+", default=["cross", "bi"], choices=["cross", "bi"])
     p.add_argument("--queries", type=int, default=32, help="B: queries per batch")
     p.add_argument("--group", type=int, default=8, help="G: documents per query")
-    p.add_argument("--max-length", type=int, default=256, help="baseline padding length (and truncation)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per loop")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch-tokens", type=int, default=1 << 30, help="core: token budget per chunk")
+    p.add_argument("--max-length", type=int, default=256, help="baseline padding length (and passage truncation)")
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per loop")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (with --compile: the compilation)")
+    p.add_argument("--compile", action="store_true", help="also time both loops under torch.compile (CUDA)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--json", help="write the numbers to this file (rewritten after every measurement)")
     a = p.parse_args(argv)
-    device = torch.device("cuda" if (a.device == "auto" and torch.cuda.is_available()) else ("cpu" if a.device == "auto" else a.device))
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    special = SpecialTokens(101, 102, 0)
-    b, g = a.queries, a.group
-    batches = make_groups(a.steps + a.warmup, b, g, a.max_length)
-    docs = a.steps * b * g
-    results = {}
-    for name in ("baseline", "core"):
-        model = build(a.arch, device).train()
-        opt = optimizer(model, device)
-        if name == "baseline":
-            fn = lambda qs, ds, t: baseline_step(model, opt, qs, ds, t, special, a.max_length, device, b, g)  # noqa: E731
-        else:
-            fn = lambda qs, ds, t: core_step(model, opt, qs, ds, t, special, device, b, g, a.batch_tokens)  # noqa: E731
-        secs = timed(fn, batches, a.warmup, device)
-        results[name] = docs / secs
-        fn = model = opt = None  # free the first model before building the second
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    real = np.mean([len(q) + len(d) + 3 for qs, ds, _ in batches for q, d in zip(qs, ds)])
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    info = {"device": gpu, "arch": a.arch, "B": b, "G": g, "max_length": a.max_length, "mean_pair_tokens": round(float(real), 1),
-            "baseline_docs_per_s": round(results["baseline"], 1), "core_docs_per_s": round(results["core"], 1),
-            "ratio": round(results["core"] / results["baseline"], 2), "torch": torch.__version__}
-    print(f"device={gpu} arch={a.arch} B={b} G={g} max_length={a.max_length} mean pair tokens={real:.1f}")
-    print(f"baseline (fixed padding): {results['baseline']:9.1f} docs/s")
-    print(f"core (length-sorted):     {results['core']:9.1f} docs/s")
-    print(f"ratio core/baseline:      {results['core'] / results['baseline']:9.2f}x")
-    if a.json:
-        Path(a.json).write_text(json.dumps(info, indent=1))
+    rng = np.random.default_rng(0)
+    n_q = (a.steps + a.warmup + 2) * a.queries
+    queries = Tokens(lengths(n_q, rng, 8, 0.35, 2, 30), rng)
+    docs = Tokens(lengths(50_000, rng, 70, 0.45, 8, a.max_length - 35), rng)
+    data = Synthetic(n_q)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    info = {"device": name, "torch": torch.__version__, "arch": a.arch, "B": a.queries, "G": a.group, "max_length": a.max_length,
+            "steps": a.steps, "rows": []}
+    print(f"device={name} arch={a.arch} B={a.queries} G={a.group} max_length={a.max_length} steps={a.steps}", flush=True)
+    for kind in a.kinds:
+        for compiled in ([False, True] if a.compile else [False]):
+            r = {"kind": kind, "compiled": compiled}
+            for loop in ("baseline", "trial"):
+                r[loop] = round(measure(kind, loop, compiled, a, device, data, queries, docs), 1)
+            r["ratio"] = round(r["trial"] / r["baseline"], 2)
+            info["rows"].append(r)
+            print(f"{kind:5s} {'compiled' if compiled else 'eager':8s} baseline {r['baseline']:9.1f} docs/s  trial {r['trial']:9.1f} docs/s  "
+                  f"trial/baseline {r['ratio']:.2f}x", flush=True)
+            if a.json:
+                Path(a.json).write_text(json.dumps(info, indent=1))
     return 0
 
 
