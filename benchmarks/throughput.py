@@ -22,8 +22,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +34,9 @@ import torch
 from scipy.special import erfinv
 
 from ranksweep.core.config import TrialConfig
+from ranksweep.core.data import batching
 from ranksweep.core.data.batching import SpecialTokens
+from ranksweep.core.data.synthetic import write_synthetic_beir
 from ranksweep.core.losses import kl
 from ranksweep.core.models import STUDENTS, autocast, pool
 from ranksweep.core.training import Trainer
@@ -174,7 +178,11 @@ def sync(device: torch.device) -> None:
 
 def measure(kind: str, loop: str, compiled: bool, a, device, data, queries, docs) -> float:
     """Docs/s of ``loop`` (``trial`` or ``baseline``) over ``a.steps`` timed steps after ``a.warmup``."""
-    cfg = TrialConfig.from_dict({"student": {"kind": kind}, "loss": "kl", "group_size": a.group, "teacher": "bm25",
+    col = Path(tempfile.gettempdir()) / "ranksweep-throughput-collection"  # names a collection; the step reads none
+    if not (col / "qrels" / "test.tsv").exists():
+        write_synthetic_beir(col, 200, seed=0)
+    cfg = TrialConfig.from_dict({"data": {"train": f"local:{col}:train", "eval": [f"local:{col}:test"]},
+                                 "student": {"kind": kind}, "loss": "kl", "group_size": a.group, "teacher": "bm25",
                                  "optim": {"batch_size": a.queries, "lr": 1e-5, "warmup_fraction": 0.0},
                                  "budget_docs": (a.steps + a.warmup + 1) * a.queries * a.group})
     model = student(kind, a.arch, device, cfg)
@@ -210,12 +218,17 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per loop")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (with --compile: the compilation)")
     p.add_argument("--compile", action="store_true", help="also time both loops under torch.compile (CUDA)")
+    p.add_argument("--one-chunk", action="store_true", help="the trial pads each batch to its longest pair, in one chunk (no length sorting)")
+    p.add_argument("--loops", nargs="+", default=["baseline", "trial"], choices=["baseline", "trial"])
+    p.add_argument("--profile", type=int, default=0, help="then profile this many eager trial steps (torch.profiler, top CPU ops)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="write the numbers to this file (rewritten after every measurement)")
     a = p.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+    if a.one_chunk:
+        batching.plan_chunks = functools.partial(batching.plan_chunks, min_rows=1 << 30)
     rng = np.random.default_rng(0)
     n_q = (a.steps + a.warmup + 2) * a.queries
     queries = Tokens(lengths(n_q, rng, 8, 0.35, 2, 30), rng)
@@ -228,15 +241,31 @@ def main(argv=None) -> int:
     for kind in a.kinds:
         for compiled in ([False, True] if a.compile else [False]):
             r = {"kind": kind, "compiled": compiled}
-            for loop in ("baseline", "trial"):
+            for loop in a.loops:
                 r[loop] = round(measure(kind, loop, compiled, a, device, data, queries, docs), 1)
-            r["ratio"] = round(r["trial"] / r["baseline"], 2)
+            if len(a.loops) == 2:
+                r["ratio"] = round(r["trial"] / r["baseline"], 2)
             info["rows"].append(r)
-            print(f"{kind:5s} {'compiled' if compiled else 'eager':8s} baseline {r['baseline']:9.1f} docs/s  trial {r['trial']:9.1f} docs/s  "
-                  f"trial/baseline {r['ratio']:.2f}x", flush=True)
+            print(f"{kind:5s} {'compiled' if compiled else 'eager':8s} " + "  ".join(f"{k} {v}" for k, v in r.items() if k not in ("kind", "compiled")),
+                  flush=True)
             if a.json:
                 Path(a.json).write_text(json.dumps(info, indent=1))
+    if a.profile:
+        profile(a, device, data, queries, docs)
     return 0
+
+
+def profile(a, device, data, queries, docs) -> None:
+    """The CPU and device time of ``a.profile`` eager trial steps of the first kind, by operator."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    steps, a.steps = a.steps, a.profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        measure(a.kinds[0], "trial", False, a, device, data, queries, docs)
+    a.steps = steps
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25), flush=True)
 
 
 if __name__ == "__main__":

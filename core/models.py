@@ -24,6 +24,7 @@ from typing import Literal, NamedTuple, Optional
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .data.batching import Chunk, SpecialTokens, pair_chunks, single_chunks
 from .registry import Registry
@@ -107,11 +108,21 @@ def pinned_threads(shard_fn):
     return run
 
 
+#: attention kernels on CUDA, cuDNN's left out: it builds an execution plan for every new input shape, and
+#: length-sorted chunks change shape every step (on an H100 that made a bert-base cross-encoder step 5x slower
+#: than padding the whole batch to one length; benchmarks/throughput.py)
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@contextlib.contextmanager
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op on CPU (fp32 there is faster and exact)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """On CUDA: bf16 autocast, and attention through the flash / memory-efficient kernels (``SDPA_BACKENDS``).
+    A no-op on CPU (fp32 there is faster and exact)."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(SDPA_BACKENDS):
+        yield
 
 
 def pool(hidden: Tensor, mask: Tensor, how: Literal["cls", "mean"]) -> Tensor:
