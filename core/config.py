@@ -26,11 +26,11 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .data.collections import check_dataset_id
+from .data.samplers import SAMPLERS
+from .errors import ConfigError
+from .losses import LOSSES, check_loss_params
 from .registry import unknown_name_message
-
-
-class ConfigError(ValueError):
-    """A trial configuration value is invalid; the message names the field."""
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -373,11 +373,6 @@ def _need(cond: bool, path: str, msg: str) -> None:
 
 
 def _validate(c: TrialConfig) -> None:
-    # late imports: registries live with their implementations
-    from .data.collections import check_dataset_id
-    from .data.samplers import SAMPLERS
-    from .losses import LOSSES, check_loss_params
-
     if c.sampler.name not in SAMPLERS:
         raise ConfigError("sampler.name: " + unknown_name_message("sampler", c.sampler.name, list(SAMPLERS)))
     if c.student.kind not in STUDENT_KINDS:

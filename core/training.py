@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 ENTROPY = "train/teacher_entropy"
 PAIRWISE_ENTROPY = "train/teacher_pairwise_entropy"
 QUARTILES = ("", "_q25", "_q50", "_q75")
+#: progress counters, reported at every evaluation (every other key a trial reports is ``<scope>/<name>``)
+PROGRESS = ("docs_seen", "steps", "epoch")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def objective(cfg: TrialConfig) -> list[Term]:
 
 def train_metric_keys(cfg: TrialConfig) -> list[str]:
     """Every key ``Trainer.metrics`` returns once the trial has trained (what ``metric_keys`` builds on)."""
-    keys = ["docs_seen", "steps", "epoch", "train/loss", *(t.key for t in objective(cfg)), "train/docs_per_s", "train/lr", "train/random_fills"]
+    keys = [*PROGRESS, "train/loss", *(t.key for t in objective(cfg)), "train/docs_per_s", "train/lr", "train/random_fills"]
     if cfg.teacher.kind != "none":
         keys += [f"{k}{q}" for k in (ENTROPY, PAIRWISE_ENTROPY) for q in QUARTILES]
     return keys

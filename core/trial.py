@@ -23,7 +23,7 @@ from .data.batching import SpecialTokens
 from .evaluation import Evaluator, eval_metric_keys
 from .models import build_student, load_tokenizer, resolve_device
 from .preparation import Prepared, prepare
-from .training import Trainer, build_sampler, train_metric_keys
+from .training import PROGRESS, Trainer, build_sampler, train_metric_keys
 from .writers import TrialWriter
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,11 @@ Report = Callable[[dict[str, float], int], None]
 
 def _no_report(metrics: dict[str, float], step_docs: int) -> None:
     return None
+
+
+#: the keys without a ``<scope>/`` prefix: what else a trial reports is ``train/…``, ``probe/…``, ``dev/…``,
+#: ``<eval set>/…`` or a reference ``teacher/…``, ``bm25/…``
+UNSCOPED = (*PROGRESS, "eval_seconds")
 
 
 def metric_keys(cfg: TrialConfig, eval_names: list[str] = (), final: bool = False) -> list[str]:

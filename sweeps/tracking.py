@@ -30,6 +30,7 @@ from typing import Any, Optional
 from ray.tune import Callback
 
 from ranksweep.core.config import resolve_trial
+from ranksweep.core.trial import UNSCOPED
 
 from .runs import CELL, ERROR, NODE_ID, OUTPUTS, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, bound_http_retries, cell_label, mlflow_key, sqlite_path
 
@@ -102,7 +103,7 @@ def result_metrics(result: dict) -> tuple[int, int, list]:
     step = int(result.get("docs_seen", 0))
     ts = int(1000 * float(result.get("timestamp", 0) or 0))
     metrics = [Metric(mlflow_key(k), float(v), ts, step) for k, v in result.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and ("/" in k or k in ("docs_seen", "steps", "epoch", "eval_seconds"))
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and ("/" in k or k in UNSCOPED)
                and math.isfinite(float(v))]
     return step, ts, metrics
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..executor import LOCAL
 from ..registry import unknown_name_message
 from .cache import cache_root, stage

@@ -269,3 +269,27 @@ def test_distilled_student_beats_itself_before_training(tmp_path):
     assert after["dev/nDCG@10"] > before["dev/nDCG@10"]
     assert after["beir-scifact-test/nDCG@10"] > before["beir-scifact-test/nDCG@10"]
     assert after["probe/kl"] < before["probe/kl"]  # the student moved towards its teacher
+
+
+def test_dense_and_ensemble_candidates_with_a_cross_encoder_teacher_end_to_end(tmp_path, tiny_model):
+    """Dense candidates (a bi-encoder over the corpus), the ensemble sampler over BM25 and dense, and a
+    cross-encoder teacher scoring every pool, on a synthetic collection: one trial end to end."""
+    from ranksweep.core.data.synthetic import write_synthetic_beir
+
+    col = write_synthetic_beir(tmp_path / "synthetic", 1500, n_queries=120, n_test=20, seed=1)
+    cfg = _cfg(tmp_path, tiny_model, sampler={"name": "ensemble", "depth": [0, 20]}, budget_docs=64, eval_every_docs=32,
+               candidates={"dense_depth": 30, "dense_model": tiny_model, "bm25_depth": 30, "random_pool": 30},
+               teacher={"kind": "cross", "model": tiny_model},
+               **{"data.train": f"local:{col}:train", "data.eval": [f"local:{col}:test"], "data.eval_max_queries": None})
+    calls = []
+    final = run_trial(cfg, report=lambda m, docs: calls.append((docs, m)))
+    _assert_emits_exactly(cfg, calls)
+    p = prepare(cfg)
+    rows = p.train_rows[:10]
+    dense = [set(p.pools.dense.row(int(r)).tolist()) for r in rows]
+    bm25 = [set(p.pools.bm25.row(int(r)).tolist()) for r in rows]
+    assert all(25 <= len(d) <= 30 for d in dense) and any(d != b for d, b in zip(dense, bm25))  # judged documents are left out
+    groups = Trial(cfg, p).sampler.sample(rows, cfg.group_size, np.random.default_rng(0))
+    assert np.isfinite(p.teacher.lookup(rows, groups)).all()  # the cross teacher scored every (query, doc) the sampler can draw
+    assert 0.0 <= final["teacher/dev/nDCG@10"] <= 1.0 and np.isfinite(final["probe/kl"])
+    assert 0.0 <= final["synthetic-test/nDCG@10"] <= 1.0

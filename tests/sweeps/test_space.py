@@ -150,3 +150,26 @@ def test_cluster_yaml_passes_ray_validation():
     broken = dict(cfg, max_wrkers=3)
     with pytest.raises(ValidationError, match="max_wrkers"):
         validate_config(prepare_config(broken))
+
+
+def test_a_budget_axis_is_read_per_trial(tmp_path):
+    """``budget_docs`` as an axis: each trial's budget comes from its own resolved config (cost, ASHA's max_t,
+    the MLflow params and whether a finished trial was stopped early), not from the base trial's."""
+    from ranksweep.sweeps.plan import sweep_docs
+    from ranksweep.sweeps.tracking import MLflowWriter, trial_params
+    from ranksweep.sweeps.tuner import max_budget
+
+    sweep = load_sweep(_spec(tmp_path, space={"axes": {"budget_docs": [256, 512, 1024]}}, seeds=2))
+    assert sweep.base_config().budget_docs not in (256, 512, 1024)
+    assert max_budget(sweep) == 1024
+    assert sweep_docs(sweep) == (6, 2 * (256 + 512 + 1024))
+    budget, params = trial_params(sweep.base, {"budget_docs": 256}, 3)
+    assert budget == 256 and params["budget_docs"] == "256" and params["axis.budget_docs"] == "256" and params["seed"] == "3"
+    assert params["eval.diameter_alpha"] == "0.99"  # defaults are logged too
+    writer = MLflowWriter("sqlite:///unused.db", "e", "s", "k")  # not started: nothing is written
+    for tid, budget in (("short", 256), ("long", 1024)):
+        writer.trial(tid, {"budget_docs": budget}, 0, budget, {})
+        writer.result(tid, {"docs_seen": 256})
+        writer.end_trial(tid, "FINISHED")
+    assert writer._trials["short"].end["tags"]["ranksweep.stopped_early"] == "false"  # its own whole budget
+    assert writer._trials["long"].end["tags"]["ranksweep.stopped_early"] == "true"

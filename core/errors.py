@@ -1,0 +1,5 @@
+"""Errors of the core that several layers raise (kept apart so that nothing imports in a circle)."""
+
+
+class ConfigError(ValueError):
+    """A trial configuration value is invalid; the message names the field."""
