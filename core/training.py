@@ -97,6 +97,7 @@ class Trainer:
         self.terms = objective(cfg)
         self.rng = np.random.default_rng(cfg.seed)
         self.rows = entropy_band(cfg, p, sampler)
+        check_fills_scored(cfg, p, sampler)
         o = cfg.optim
         self.docs_per_step = o.batch_size * cfg.group_size * o.grad_accum
         self.total_steps = math.ceil(cfg.budget_docs / self.docs_per_step)
@@ -259,6 +260,26 @@ def entropy_band(cfg: TrialConfig, p: Prepared, sampler: Sampler) -> np.ndarray:
     if not len(kept):
         raise ValueError(f"augment.entropy_band {list(band)} keeps no training query")
     return kept
+
+
+def check_fills_scored(cfg: TrialConfig, p: Prepared, sampler: Sampler) -> None:
+    """Raise ``TeacherError`` before training when a group would need a teacher score that does not exist.
+
+    A training query whose sampler window holds fewer than ``group_size - 1`` negatives has its group
+    filled from its random pool, and the preparation scored that pool only for queries whose BM25
+    list ran short; a window near the end of the list (``sampler.depth`` close to
+    ``candidates.bm25_depth``) runs short for other queries too.
+    """
+    if p.teacher is None:
+        return
+    need = cfg.group_size - 1
+    short = [int(r) for r in p.train_rows if len(sampler.window(int(r))) < need]
+    unscored = [r for r in short if np.isnan(p.teacher.lookup([r], p.pools.random.row(r)[None, :])).any()]
+    if unscored:
+        raise TeacherError(
+            f"sampler {cfg.sampler.name!r} with depth {list(cfg.sampler.depth)}: {len(unscored)} training queries have fewer than "
+            f"{need} negatives in that window, so their groups would be filled from their random pool, which the teacher did not "
+            f"score; lower sampler.depth, raise candidates.bm25_depth (now {cfg.candidates.bm25_depth}), or use teacher kind none")
 
 
 def build_sampler(cfg: TrialConfig, p: Prepared) -> Sampler:

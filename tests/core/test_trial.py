@@ -18,6 +18,7 @@ from conftest import TINY_BEIR, fast_config
 from ranksweep.core import Trial, TrialConfig, metric_keys, prepare, run_trial
 from ranksweep.core.losses import LOSSES
 from ranksweep.core.metrics import read_trec_run
+from ranksweep.core.teachers import TeacherError
 
 
 def _cfg(tmp_path, tiny_model, **over):
@@ -145,6 +146,9 @@ def test_random_fills_count_the_negatives_a_short_window_lacked(tmp_path, tiny_m
     assert expected > 0 and final["train/random_fills"] == expected
     final = Trial(_cfg(tmp_path, tiny_model, sampler={"name": "bm25", "depth": [0, 10]}, budget_docs=32, eval_every_docs=32)).run()
     assert final["train/random_fills"] == 0
+    # with a teacher, the same window is refused before training: the random pool of those queries has no teacher score
+    with pytest.raises(TeacherError, match=r"depth \[47, 50\]: \d+ training queries have fewer than 3 negatives"):
+        Trial(_cfg(tmp_path, tiny_model, sampler={"name": "bm25", "depth": [47, 50]}, budget_docs=32, eval_every_docs=32))
 
 
 def test_eval_sets_on_one_corpus_share_one_streamed_index(tmp_path, tiny_model, monkeypatch):
