@@ -99,9 +99,6 @@ class WeightedLoss:
     def citation(self) -> str:
         return self.fn.citation  # type: ignore[attr-defined]
 
-    def get_config_dict(self) -> dict:
-        return {"name": self.name, "weight": self.weight, **(self.params or {})}
-
     def __call__(self, student: Tensor, teacher: Optional[Tensor], temperature: float = 1.0) -> Tensor:
         return self.fn(student, teacher, temperature, **(self.params or {}))
 
