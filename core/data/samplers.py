@@ -62,7 +62,7 @@ class SamplingPools:
         return cls(**{name: Ragged.load(folder, name) if Ragged.exists(folder, name) else None for name in POOL_NAMES})
 
 
-def without(lists: Ragged | Sequence[np.ndarray], positives: Ragged, keep_order: bool = True) -> Ragged:
+def without(lists: Ragged | Sequence[np.ndarray], positives: Ragged) -> Ragged:
     """Each row of ``lists`` without the row's judged positives, in its original order."""
     out = []
     for i in range(len(positives)):

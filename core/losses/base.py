@@ -28,7 +28,6 @@ def register_loss(name: str, *, needs_teacher: bool, citation: str = "") -> Call
     def deco(fn: LossFn) -> LossFn:
         fn.needs_teacher = needs_teacher  # type: ignore[attr-defined]
         fn.citation = citation.strip()  # type: ignore[attr-defined]
-        fn.loss_name = name  # type: ignore[attr-defined]
         LOSSES.register(name, fn)
         return fn
 
