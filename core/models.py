@@ -130,6 +130,16 @@ def pool(hidden: Tensor, mask: Tensor, how: Literal["cls", "mean"]) -> Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def key_mask(c: Chunk) -> Tensor:
+    """The chunk's padding mask as SDPA's (n, 1, 1, L) boolean mask of the keys each position attends to.
+
+    Given the 2-D mask, transformers checks on the host whether a chunk has any padding (to drop
+    the mask when it has none): one device-to-host wait per forward pass, several per training step.
+    A 4-D mask is used as it is; the outputs are the same.
+    """
+    return c.attention_mask[:, None, None, :].bool()
+
+
 def run_chunks(forward, chunks: list[Chunk], n: int, device: torch.device) -> Tensor:
     """Run ``forward(chunk) -> (rows, …)`` on each chunk and scatter rows back to positions 0..n-1."""
     out: Optional[Tensor] = None
@@ -172,7 +182,7 @@ class BiEncoder(nn.Module):
 
     def embed(self, c: Chunk) -> Tensor:
         """Pooled embeddings (n, H); L2-normalised when the similarity is cosine."""
-        h = self.encoder(input_ids=c.input_ids, attention_mask=c.attention_mask, token_type_ids=c.token_type_ids).last_hidden_state
+        h = self.encoder(input_ids=c.input_ids, attention_mask=key_mask(c), token_type_ids=c.token_type_ids).last_hidden_state
         e = pool(h, c.attention_mask, self.pooling).float()
         return nn.functional.normalize(e, dim=-1) if self.similarity == "cos" else e
 
@@ -237,7 +247,7 @@ class CrossEncoder(nn.Module):
 
     def forward_pairs(self, c: Chunk) -> Tensor:
         """(n, 1 + H): the score followed by the [CLS] embedding of each pair."""
-        h = self.encoder(input_ids=c.input_ids, attention_mask=c.attention_mask, token_type_ids=c.token_type_ids).last_hidden_state
+        h = self.encoder(input_ids=c.input_ids, attention_mask=key_mask(c), token_type_ids=c.token_type_ids).last_hidden_state
         cls = h[:, 0]
         score = self.head(cls).float()
         return torch.cat([score, cls.float()], dim=-1)
@@ -290,5 +300,5 @@ class SequenceClassifier(nn.Module):
         self.model = AutoModelForSequenceClassification.from_pretrained(resolve_model(name), num_labels=1, attn_implementation="sdpa")
 
     def forward_pairs(self, c: Chunk) -> Tensor:
-        logits = self.model(input_ids=c.input_ids, attention_mask=c.attention_mask, token_type_ids=c.token_type_ids).logits
+        logits = self.model(input_ids=c.input_ids, attention_mask=key_mask(c), token_type_ids=c.token_type_ids).logits
         return logits[:, :1].float()

@@ -297,3 +297,37 @@ def test_dense_and_ensemble_candidates_with_a_cross_encoder_teacher_end_to_end(t
     assert np.isfinite(p.teacher.lookup(rows, groups)).all()  # the cross teacher scored every (query, doc) the sampler can draw
     assert 0.0 <= final["teacher/dev/nDCG@10"] <= 1.0 and np.isfinite(final["probe/kl"])
     assert 0.0 <= final["synthetic-test/nDCG@10"] <= 1.0
+
+
+def test_training_reads_nothing_back_from_the_device_per_step(tmp_path, tiny_model, monkeypatch):
+    """Within a micro-step nothing is read back from a tensor (``item``, ``float``, ``bool``, ``tolist``): on a GPU each
+    would wait for the device. The loss sums stay tensors; ``train_until`` reads them once, to check they are finite."""
+    t = Trial(_cfg(tmp_path, tiny_model, budget_docs=96, eval_every_docs=96, augment={"in_batch": True}, output_dir=None))
+    reads = []
+    real_step = type(t.trainer)._micro_step
+    counting = {"on": False}
+
+    def spy(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, **kw):
+            if counting["on"]:
+                reads.append(name)
+            return real(self, *a, **kw)
+        return wrapped
+
+    for name in ("item", "__float__", "__bool__", "tolist", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+
+    def step(self, n):
+        counting["on"] = True
+        try:
+            real_step(self, n)
+        finally:
+            counting["on"] = False
+
+    monkeypatch.setattr(type(t.trainer), "_micro_step", step)
+    t.train_until(96)
+    assert t.trainer.steps == 6 and reads == []
+    m = t.trainer.metrics()
+    assert np.isfinite(m["train/loss"]) and np.isfinite(m["train/in_batch_lce"])
