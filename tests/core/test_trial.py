@@ -106,7 +106,9 @@ def test_a_checkpoint_resumes_the_same_trial_with_gradient_accumulation(tmp_path
 def test_every_loss_trains_a_cross_encoder(tmp_path, tiny_model, loss):
     cfg = _cfg(tmp_path, tiny_model, loss=loss, budget_docs=32, **{"student.kind": "cross", "eval.depth": 10,
                                                                     "data.eval_max_queries": 5})
-    final = run_trial(cfg)
+    calls = []
+    final = run_trial(cfg, report=lambda m, docs: calls.append((docs, m)))
+    _assert_emits_exactly(cfg, calls)
     assert np.isfinite(final[f"train/{loss}"]) and 0.0 <= final["dev/nDCG@10"] <= 1.0
     assert 0.0 <= final["probe/diameter"] <= 2.0
 
@@ -331,3 +333,26 @@ def test_training_reads_nothing_back_from_the_device_per_step(tmp_path, tiny_mod
     assert t.trainer.steps == 6 and reads == []
     m = t.trainer.metrics()
     assert np.isfinite(m["train/loss"]) and np.isfinite(m["train/in_batch_lce"])
+
+
+def test_float16_corpus_index_retrieves_what_exact_scoring_ranks(tmp_path, tiny_model):
+    """The evaluation index stores the corpus as float16: its top-20 matches exact float32 scoring of every
+    document, scores within float16 rounding (score scale 20 × cosine)."""
+    t = Trial(_cfg(tmp_path, tiny_model, budget_docs=32, output_dir=None))
+    t.train_until(32)
+    t.model.eval()
+    ev, es = t.evaluator, t.p.evals[0]
+    index = ev.corpus_index(es)
+    assert "ScalarQuantizer" in type(index).__name__  # float16 storage
+    run = ev.retrieve(es, index, 20)
+    everything = np.arange(len(es.docs))
+    with torch.inference_mode():
+        exact = t.model.score_pools(ev._query_seqs(es), [everything] * len(es.qids), ev._doc_store(es).get, t.evaluator.special,
+                                    t.cfg.eval.batch_tokens, t.device)
+    for qid, scores in zip(es.qids, exact):
+        top = np.argsort(-scores, kind="stable")[:20]
+        want = dict(zip(es.docs.ids_of(top), scores[top].tolist()))
+        got = run[qid]
+        assert len(set(got) & set(want)) >= 18
+        for did in set(got) & set(want):
+            assert got[did] == pytest.approx(want[did], abs=0.03)
