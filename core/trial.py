@@ -42,8 +42,9 @@ UNSCOPED = (*PROGRESS, "eval_seconds")
 
 def metric_keys(cfg: TrialConfig, eval_names: list[str] = (), final: bool = False) -> list[str]:
     """The keys a trial of ``cfg`` reports at every evaluation after it has trained (what a scheduler
-    can act on); ``final`` adds the eval collections' measures (``eval_names``: the sets' names) and
-    ``eval_seconds``. Reference metrics of the prepared data (``teacher/…``, ``bm25/…``) come on top."""
+    can act on); ``final`` adds the eval collections' measures (``eval_names``: the sets' names).
+    The final evaluation (and one before any training) also carries the prepared data's reference
+    metrics (``teacher/…``, ``bm25/…``)."""
     return [*train_metric_keys(cfg), *eval_metric_keys(cfg, eval_names, final), "eval_seconds"]
 
 
