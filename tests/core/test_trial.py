@@ -282,8 +282,8 @@ def test_dense_and_ensemble_candidates_with_a_cross_encoder_teacher_end_to_end(t
     cross-encoder teacher scoring every pool, on a synthetic collection: one trial end to end."""
     from ranksweep.core.data.synthetic import write_synthetic_beir
 
-    col = write_synthetic_beir(tmp_path / "synthetic", 1500, n_queries=120, n_test=20, seed=1)
-    cfg = _cfg(tmp_path, tiny_model, sampler={"name": "ensemble", "depth": [0, 20]}, budget_docs=64, eval_every_docs=32,
+    col = write_synthetic_beir(tmp_path / "synthetic", 600, n_queries=60, n_test=12, seed=1)
+    cfg = _cfg(tmp_path, tiny_model, sampler={"name": "ensemble", "depth": [0, 20]}, budget_docs=32, eval_every_docs=16,
                candidates={"dense_depth": 30, "dense_model": tiny_model, "bm25_depth": 30, "random_pool": 30},
                teacher={"kind": "cross", "model": tiny_model},
                **{"data.train": f"local:{col}:train", "data.eval": [f"local:{col}:test"], "data.eval_max_queries": None})
