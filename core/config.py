@@ -206,8 +206,9 @@ def apply(base: dict, cell: dict) -> dict:
 def resolve_trial(base: dict, cell: dict, seed: Optional[int] = None, **fields: Any) -> TrialConfig:
     """The validated config of one sweep trial: ``base`` with ``cell``'s dotted keys, the seed and ``fields``.
 
-    This is where a sweep's raw dicts become a ``TrialConfig``, once per trial; the sweeper passes
-    the object on, logs ``to_dict()`` (defaults included) and reads the trial's budget from it.
+    This is where a sweep's raw dicts become a ``TrialConfig``: once per trial in each process that
+    needs it (the driver, to log ``to_dict()`` with defaults and read the trial's budget; the worker,
+    to run it), since Ray Tune carries a trial's cell as plain values.
     """
     d = apply(base, cell)
     if seed is not None:

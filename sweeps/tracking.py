@@ -484,7 +484,7 @@ class MLflowTracking(Callback):
         self.writer.result(trial.trial_id, result)
 
     def _outputs(self, trial):
-            return trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{OUTPUTS}"
+        return trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{OUTPUTS}"
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.writer.end_trial(trial.trial_id, "FINISHED", {}, self._outputs(trial))
