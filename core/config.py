@@ -148,7 +148,7 @@ class EvalConfig:
     probe_queries: int = _help("training queries in the fixed probe set (diameter, KL)", default=32)
     diameter_alpha: float = _help("quantile of pairwise distances used as diameter", default=0.99)
     collections_every_eval: bool = _help("also evaluate the eval collections at every evaluation", default=False)
-    at_start: bool = _help("evaluate once before training (docs seen = 0)", default=False)
+    at_start: bool = _help("evaluate probe and dev once before training (docs seen = 0): every curve starts at the student's start", default=True)
     batch_tokens: int = _help("token budget of one inference batch", default=16384)
 
 

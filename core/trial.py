@@ -23,7 +23,7 @@ from .data.batching import SpecialTokens
 from .evaluation import Evaluator, eval_metric_keys
 from .models import build_student, load_tokenizer, resolve_device
 from .preparation import Prepared, prepare
-from .training import PROGRESS, Trainer, build_sampler, train_metric_keys
+from .training import ENTROPY, PAIRWISE_ENTROPY, PROGRESS, Trainer, build_sampler, objective, train_metric_keys
 from .writers import TrialWriter
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,14 @@ def metric_keys(cfg: TrialConfig, eval_names: list[str] = (), final: bool = Fals
     The final evaluation (and one before any training) also carries the prepared data's reference
     metrics (``teacher/…``, ``bm25/…``)."""
     return [*train_metric_keys(cfg), *eval_metric_keys(cfg, eval_names, final), "eval_seconds"]
+
+
+def start_metric_keys(cfg: TrialConfig) -> list[str]:
+    """The keys of the evaluation before the first step (``eval.at_start``): progress, the learning rate and
+    random fills, the probe, dev and ``eval_seconds`` (no loss, throughput or entropy yet: nothing has trained),
+    plus the prepared data's reference metrics."""
+    trained_only = {"train/loss", "train/docs_per_s", *(t.key for t in objective(cfg))}
+    return [k for k in metric_keys(cfg) if k not in trained_only and not k.startswith((ENTROPY, PAIRWISE_ENTROPY))]
 
 
 class Trial:
@@ -120,8 +128,8 @@ class Trial:
     def run(self) -> dict[str, float]:
         """Train for the whole budget, evaluating every ``eval_every_docs``; return the final metrics."""
         cfg = self.cfg
-        if cfg.eval.at_start and self.docs_seen == 0:
-            self.evaluate(final=True)
+        if cfg.eval.at_start and self.docs_seen == 0 and not self.history:  # not again when resumed from the docs-0 checkpoint
+            self.evaluate()  # the student's start: probe, dev and the reference metrics (collections only with collections_every_eval)
         while self.docs_seen < cfg.budget_docs:
             nxt = (self.docs_seen // cfg.eval_every_docs + 1) * cfg.eval_every_docs
             self.train_until(nxt)

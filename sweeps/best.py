@@ -12,6 +12,7 @@ from typing import Optional
 import yaml
 
 from .runs import ALIASES, SweepReader, count_trials, parse_value
+from .stats import detectable_difference, mean_ci, seed_noise
 
 
 def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: str = "max", filter: Optional[str] = None,
@@ -46,21 +47,35 @@ def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: 
         groups[key].append((values[r.run_id], r.run_id, r.name))
     rows = []
     for key, vals in groups.items():
-        xs = [v for v, _, _ in vals]
-        mean = sum(xs) / len(xs)
-        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-        rows.append({"settings": settings[key], "mean": mean, "std": std, "n": len(xs),
+        ci = mean_ci([v for v, _, _ in vals])
+        rows.append({"settings": settings[key], "mean": ci.mean, "std": ci.std if ci.n > 1 else 0.0, "n": ci.n,
                      "runs": [n for _, _, n in vals], "run_ids": [i for _, i, _ in vals], "at_docs": step})
     rows.sort(key=lambda r: r["mean"], reverse=(mode == "max"))
-    return Rows(rows[:top], [] if include_stopped else sorted(r.name for r in counted.stopped))
+    noise = seed_noise({k: [v for v, _, _ in vals] for k, vals in groups.items()})
+    seeds = min((r["n"] for r in rows if r["n"] >= 2), default=0)
+    return Rows(rows[:top], [] if include_stopped else sorted(r.name for r in counted.stopped), noise.sd, noise.df,
+                detectable_difference(noise.sd, seeds, seeds), seeds)
 
 
 class Rows(list):
-    """``best``'s ranked rows; ``stopped`` names the trials stopped early that were not ranked."""
+    """``best``'s ranked rows; ``stopped`` names the trials stopped early that were not ranked. ``noise`` is the
+    pooled spread within rows (seed noise when rows are cells), ``detectable`` the smallest difference between
+    two rows of ``seeds`` values each that a two-sided t-test at 0.05 finds with 80% power (NaN: not estimable)."""
 
-    def __init__(self, rows: list[dict], stopped: list[str]) -> None:
+    def __init__(self, rows: list[dict], stopped: list[str], noise: float = math.nan, noise_df: int = 0,
+                 detectable: float = math.nan, seeds: int = 0) -> None:
         super().__init__(rows)
         self.stopped = stopped
+        self.noise, self.noise_df, self.detectable, self.seeds = noise, noise_df, detectable, seeds
+
+    def power_line(self) -> str:
+        """What the ranking can tell apart, in one line."""
+        if not math.isfinite(self.noise):
+            return "ranking without a noise estimate: no row has 2 or more values (run more seeds before trusting the order)"
+        close = sum(1 for r in self[1:] if abs(r["mean"] - self[0]["mean"]) < self.detectable) if self else 0
+        return (f"spread within rows (seed noise for cells): {self.noise:.4f} (pooled, {self.noise_df} df); with {self.seeds} values "
+                f"per row a difference below {self.detectable:.4f} is not detectable (t-test, alpha 0.05, 80% power): "
+                f"{close} of the rows below #1 lie within it")
 
 
 def as_trial_yaml(settings: dict) -> str:
@@ -92,6 +107,8 @@ def format_rows(rows: list[dict], metric: str, fmt: str = "table") -> str:
         at = f" at {r['at_docs']:,} docs" if r.get("at_docs") else ""
         lines.append(f"#{i}  {metric}{at} = {r['mean']:.4f} ± {r['std']:.4f}  (n={r['n']}: {', '.join(r['runs'])})")
         lines.extend("    " + line for line in as_trial_yaml(r["settings"]).splitlines())
+    if isinstance(rows, Rows) and rows:
+        lines.append(rows.power_line())
     if stopped:
         lines.append(f"not ranked, stopped early by the scheduler: {', '.join(stopped)} (--include-stopped compares every trial "
                      "at the step all of them reached)")

@@ -23,7 +23,11 @@ depend on the order), ``plan`` gives:
 
 The recommended setting is the cheapest whose mean regret is within seed noise (the standard error
 of a cell's mean over its seeds, from the pooled within-cell variance of the final metric) and,
-optionally, that keeps the best cell itself in at least ``min_best_kept`` of the orders.
+optionally, that keeps the best cell itself in at least ``min_best_kept`` of the orders. Regret
+within noise is only a criterion when the cells differ by more than noise: a pilot whose cells do
+not (a one-way ANOVA of the final metric over cells, ``cells_differ``, not significant at
+``alpha``), or that has no seed noise to compare them with (one seed per cell), gives no
+recommendation, since any scheduler keeps "a cell within noise of the best" when every cell is one.
 """
 
 from __future__ import annotations
@@ -286,10 +290,11 @@ class Setting:
 def settings_grid(steps: list[int], budget: int, reduction_factors: tuple[float, ...] = (2, 3, 4)) -> list[Setting]:
     """No scheduler, then ASHA and asynchronous HyperBand over grace × reduction factor, then the median rule.
 
-    Grace periods are evaluation steps up to half the budget, at most four of them, spaced
-    geometrically (a scheduler only decides at evaluations).
+    Grace periods are evaluation steps after the start (docs 0) up to half the budget, at most four of
+    them, spaced geometrically (a scheduler only decides at evaluations).
     """
-    early = [s for s in steps if s <= budget / 2] or steps[:1]
+    trained = [s for s in steps if s > 0]
+    early = [s for s in trained if s <= budget / 2] or trained[:1]
     graces = sorted({early[round(i)] for i in np.geomspace(1, len(early), num=min(4, len(early))) - 1})
     out = [Setting("none", {})]
     for g in graces:
@@ -320,6 +325,48 @@ class Row:
         return {k: getattr(self, k) for k in KEYS}
 
 
+@dataclass(frozen=True)
+class CellTest:
+    """Whether a pilot's cells differ beyond seed noise: one-way ANOVA of the final metric over cells."""
+
+    cells: int
+    trials: int
+    f: float
+    p: float
+    alpha: float
+
+    @property
+    def differ(self) -> bool:
+        return math.isfinite(self.p) and self.p < self.alpha
+
+    def describe(self) -> str:
+        if not math.isfinite(self.p):
+            return (f"the {self.cells} cells cannot be compared with seed noise ({self.trials} trials: a cell needs 2 or more seeds "
+                    "and a within-cell spread)")
+        verdict = "differ beyond seed noise" if self.differ else "do not differ beyond seed noise"
+        return f"the {self.cells} cells {verdict} (one-way ANOVA of the final metric over cells: F = {self.f:.2f}, p = {self.p:.3g})"
+
+
+def cells_differ(curves: Curves, alpha: float = 0.05) -> CellTest:
+    """One-way ANOVA (``scipy.stats.f_oneway``) of the trials' final metric, grouped by cell.
+
+    Undefined (NaN) without two cells or without a within-cell degree of freedom (one seed per
+    cell), or when no cell's seeds differ at all.
+    """
+    from scipy import stats
+
+    by: dict[str, list[float]] = {}
+    for c in curves.trials:
+        by.setdefault(c.cell_key(), []).append(c.final)
+    groups = [v for v in by.values()]
+    n = sum(len(v) for v in groups)
+    within = sum(float(np.var(v)) * len(v) for v in groups)
+    if len(groups) < 2 or n - len(groups) < 1 or within == 0:
+        return CellTest(len(groups), n, math.nan, math.nan, alpha)
+    r = stats.f_oneway(*groups)
+    return CellTest(len(groups), n, float(r.statistic), float(r.pvalue), alpha)
+
+
 @dataclass
 class Plan:
     rows: list[Row]
@@ -333,6 +380,7 @@ class Plan:
     recommended: Optional[int]  # index into rows
     min_best_kept: float = 0.0
     timing: str = "docs"
+    signal: Optional[CellTest] = None  # whether the cells differ beyond seed noise (None: not tested)
 
     @property
     def best_cell(self) -> str:
@@ -367,10 +415,11 @@ def score(curves: Curves, rep: Replay, cells: dict[str, float], top_k: int) -> t
 
 def plan(curves: Curves, settings: Optional[list[Setting]] = None, orders: int = 20, concurrency: Optional[int] = None,
          top_k: int = 3, seed: int = 0, min_best_kept: float = 0.0, timing: Optional[str] = None,
-         progress: Optional[Callable[[int, int], None]] = None) -> Plan:
+         progress: Optional[Callable[[int, int], None]] = None, alpha: float = 0.05) -> Plan:
     """Replay every setting over ``orders`` random arrival orders of the trials; rows in ``settings`` order.
 
     ``timing`` (see ``replay``): default ``"seconds"`` when every curve has recorded times, else ``"docs"``.
+    No setting is recommended unless the cells differ beyond seed noise (``cells_differ`` at ``alpha``).
     """
     incomplete = [c.name for c in curves.trials if not c.complete]
     if incomplete:
@@ -396,8 +445,10 @@ def plan(curves: Curves, settings: Optional[list[Setting]] = None, orders: int =
         rows.append(Row(s.name, dict(s.params), float(fr.mean()), float(kept.mean()), float(np.nanmean(regret)), float(topk.mean())))
         if progress:
             progress(i + 1, len(settings))
-    return Plan(rows, settings, curves, orders, concurrency, min(top_k, len(cells)), cells, noise,
-                recommend(rows, noise, min_best_kept), min_best_kept, timing)
+    signal = cells_differ(curves, alpha)
+    chosen = recommend(rows, noise, min_best_kept) if signal.differ else None
+    return Plan(rows, settings, curves, orders, concurrency, min(top_k, len(cells)), cells, noise, chosen, min_best_kept, timing,
+                signal)
 
 
 def recommend(rows: list[Row], noise: float, min_best_kept: float = 0.0) -> Optional[int]:
@@ -433,7 +484,10 @@ def cost_lines(p: Plan, sweep, gpus: float, docs_per_s: float) -> list[str]:
              f"{per_trial:g} GPU each, {gpus:g} GPUs ({at_once:g} trials at once):",
              f"  without early stopping: {trial_hours * per_trial:,.1f} GPU-hours, {trial_hours / at_once:,.1f} h wall-clock"]
     if p.recommended is None:
-        lines.append("  no scheduler setting stays within seed noise of the best cell on the pilot: run the grid")
+        if p.signal is not None and not p.signal.differ:
+            lines.append(f"  no recommendation: on the pilot {p.signal.describe()}, so it cannot tell what a scheduler keeps")
+        else:
+            lines.append("  no scheduler setting stays within seed noise of the best cell on the pilot: run the grid")
         return lines
     row, s = p.rows[p.recommended], p.settings[p.recommended]
     spec = s.spec(p.curves.budget, max_budget(sweep))
@@ -463,7 +517,10 @@ def format_plan(p: Plan, fmt: str = "table") -> str:
              + ("each result arriving as long after its trial's start as it did in the sweep" if p.timing == "seconds"
                 else "all training at the same speed"),
              f"best cell: {cell_label(best)} = {p.cells[p.best_cell]:.4f}; seed noise (standard error of a cell mean) "
-             f"{p.noise:.4f}", ""]
+             f"{p.noise:.4f}"]
+    if p.signal is not None:
+        lines.append(p.signal.describe())
+    lines.append("")
     head = f"{'':1} {'scheduler':<10} {'params':<32} {'compute':>8} {'best kept':>9} {'regret':>8} {'top-' + str(p.top_k) + ' kept':>10}"
     lines += [head, "-" * len(head)]
     for i, r in enumerate(p.rows):
@@ -472,7 +529,11 @@ def format_plan(p: Plan, fmt: str = "table") -> str:
                      f"{r.topk_kept:>6.2f}/{p.top_k}")
     lines.append("")
     kept = f" and keeps the best cell in at least {p.min_best_kept:.0%} of the orders" if p.min_best_kept else ""
-    if p.recommended is None:
+    if p.recommended is None and p.signal is not None and not p.signal.differ:
+        lines.append("recommended: nothing. Regret within seed noise means nothing when the cells themselves are within it: "
+                     "any scheduler keeps a cell as good as the best. Pilot on settings whose trials learn and differ "
+                     "(more documents, more seeds), then plan again")
+    elif p.recommended is None:
         lines.append(f"recommended: no scheduler (none stays within seed noise of the best cell{kept} at less than the grid's compute)")
     else:
         r, s = p.rows[p.recommended], p.settings[p.recommended]

@@ -222,3 +222,79 @@ def marginal(values_by_level: Mapping[object, Sequence[float]], level: float = 0
 
 def finite(values: Sequence[Optional[float]]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+# -- power: what a sweep of this many seeds could have seen ---------------------------------------------
+
+@dataclass(frozen=True)
+class Noise(Record):
+    """Seed noise of a metric: the pooled within-cell standard deviation over cells with 2+ seeds."""
+
+    sd: float
+    df: int  # degrees of freedom of the pooled estimate (values minus cells)
+    cells: int  # cells that contributed
+
+
+def seed_noise(cells: Mapping[str, Sequence[float]]) -> Noise:
+    """``sqrt(Σ_c Σ_i (x_ci − x̄_c)² / Σ_c (n_c − 1))`` over the cells with at least 2 finite values (NaN without any)."""
+    groups = [np.asarray(finite(v), dtype=np.float64) for v in cells.values()]
+    groups = [g for g in groups if len(g) >= 2]
+    df = sum(len(g) - 1 for g in groups)
+    if df == 0:
+        return Noise(math.nan, 0, 0)
+    ss = sum(float(((g - g.mean()) ** 2).sum()) for g in groups)
+    return Noise(math.sqrt(ss / df), df, len(groups))
+
+
+def detectable_difference(sd: float, n_a: int, n_b: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference of two means (in the metric's units) that a two-sided two-sample
+    t-test at ``alpha`` detects with probability ``power``, given ``n_a`` and ``n_b`` values of
+    standard deviation ``sd`` (statsmodels' ``TTestIndPower``; Cohen 1988: d = Δ/σ). NaN when it
+    cannot be computed (no noise estimate, fewer than 2 values on a side)."""
+    if not math.isfinite(sd) or n_a < 2 or n_b < 2:
+        return math.nan
+    if sd == 0:
+        return 0.0
+    from statsmodels.stats.power import TTestIndPower
+
+    d = TTestIndPower().solve_power(effect_size=None, nobs1=n_a, alpha=alpha, power=power, ratio=n_b / n_a, alternative="two-sided")
+    return float(np.asarray(d).item()) * sd
+
+
+def tost_power(margin: float, sd: float, n_a: int, n_b: int, alpha: float = 0.05, diff: float = 0.0) -> float:
+    """Probability that TOST (pooled variance, ``n_a + n_b − 2`` degrees of freedom) declares two cells
+    equivalent within ±``margin`` when their true means differ by ``diff`` (default: equal means).
+
+    Exact: with ``σ_d = σ·√(1/n_a + 1/n_b)``, the estimated difference is ``N(diff, σ_d²)`` and its
+    standard error ``σ_d·√(U/df)`` with ``U ~ χ²_df`` independent of it; TOST accepts when
+    ``|d̂| < ε − t_{1−α,df}·se``, so the power is ``E_U[Φ((ε − t·se − diff)/σ_d) − Φ((−ε + t·se − diff)/σ_d)]⁺``,
+    integrated over ``U`` (Schuirmann 1987; Phillips 1990, J. Pharmacokinet. Biopharm. 18)."""
+    if not math.isfinite(sd) or n_a < 2 or n_b < 2:
+        return math.nan
+    if sd == 0:
+        return 1.0 if abs(diff) < margin else 0.0
+    from scipy import integrate, stats
+
+    df = n_a + n_b - 2
+    sd_d = sd * math.sqrt(1 / n_a + 1 / n_b)
+    t = float(stats.t.ppf(1 - alpha, df))
+    u_max = min(df * (margin / (t * sd_d)) ** 2, float(stats.chi2.ppf(1 - 1e-12, df)))  # beyond: an empty interval, or no mass
+
+    def accept(u: float) -> float:
+        half = margin - t * sd_d * math.sqrt(u / df)
+        return (stats.norm.cdf((half - diff) / sd_d) - stats.norm.cdf((-half - diff) / sd_d)) * stats.chi2.pdf(u, df)
+
+    return float(min(1.0, max(0.0, integrate.quad(accept, 0, u_max, limit=200)[0])))
+
+
+def equivalence_margin(sd: float, n_a: int, n_b: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest margin within which TOST shows two cells of equal true means equivalent with
+    probability ``power`` (``tost_power`` solved for the margin)."""
+    if not math.isfinite(sd) or n_a < 2 or n_b < 2:
+        return math.nan
+    if sd == 0:
+        return 0.0
+    from scipy import optimize
+
+    sd_d = sd * math.sqrt(1 / n_a + 1 / n_b)
+    return float(optimize.brentq(lambda m: tost_power(m, sd, n_a, n_b, alpha) - power, 1e-9, 200 * sd_d, xtol=1e-10 * sd_d))

@@ -71,7 +71,7 @@ def fast_config(tmp_path, **over) -> dict:
         "optim": {"batch_size": 4, "lr": 1e-4},
         "budget_docs": 64,
         "eval_every_docs": 32,
-        "eval": {"dev_depth": 10, "depth": 20, "probe_queries": 4},
+        "eval": {"dev_depth": 10, "depth": 20, "probe_queries": 4, "at_start": False},  # mechanics tests: no docs-0 evaluation
         "output_dir": str(tmp_path / "trial"),
     }
     for k, v in over.items():

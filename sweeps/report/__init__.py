@@ -79,7 +79,7 @@ def report(experiment: str, out: str | Path, tracking_uri: str = "sqlite:///mlfl
     m = metric or default_metric(d)
     set_name = m.split("/", 1)[0]
     d.per_query = read_per_query(reader, d.finished, set_name, progress)
-    for r in progress_bar(top_trials(d, top_k) + d.stopped, "learning curves", progress):
+    for r in progress_bar(d.finished + d.stopped, "learning curves", progress):  # every curve: did each trial beat its start?
         d.curves[r.run_id] = reader.history(r.run_id, d.selection)
     data = build(d, m, margin, alpha, level, top_k, color_by, min_importance_trials)
     out = Path(out)

@@ -20,7 +20,8 @@ from ranksweep.core.registry import unknown_name_message
 from ranksweep.core.training import ENTROPY
 
 from ..runs import TrialRun, cell_label
-from ..stats import StatsError, correlation, equivalence, finite, marginal, mean_ci
+from ..stats import (StatsError, correlation, detectable_difference, equivalence, equivalence_margin, finite, marginal, mean_ci,
+                     seed_noise, tost_power)
 from .read import SweepData
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class ReportData:
     equivalence: dict[str, Any]  # best cell and TOST of every other cell against it
     curves: dict[str, Any]  # metric, top and stopped runs, series per run
     importance: dict[str, Any]  # fANOVA importances, or why they were skipped
+    learning: dict[str, Any] = dataclasses.field(default_factory=dict)  # each trial's selection metric at docs 0 and at the end
+    power: dict[str, Any] = dataclasses.field(default_factory=dict)  # seed noise, each axis's effect and the smallest it could show
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,6 +159,65 @@ def _equivalence(cells: list[dict], stopped_cells: dict[str, str], metric: str, 
                   and ((c["mean"][metric] > best_cell["mean"][metric]) == (mode == "max"))]
         out["untested_better"] = better
     return out
+
+
+def _learning(d: SweepData, cells: list[dict]) -> dict:
+    """Did every trial beat its own start? The selection metric at docs 0 and at the end of each finished
+    trial, against the seed noise of the end value (pooled within-cell SD over cells with 2+ seeds)."""
+    sel = d.selection
+    noise = seed_noise({c["label"]: c["values"][sel] for c in cells})
+    sign = 1 if d.mode == "max" else -1
+    rows = []
+    for r in d.finished:
+        pts = d.curves.get(r.run_id) or []
+        start = next((v for s, v in pts if s == 0), None)
+        end = r.metrics.get(sel)
+        if start is None or end is None:
+            continue
+        rows.append({"run": r.name, "label": cell_label(r.cell), "start": start, "end": end, "gain": sign * (end - start)})
+    gains = [x["gain"] for x in rows]
+    above = sum(g > noise.sd for g in gains) if math.isfinite(noise.sd) else None
+    return {"metric": sel, "noise": noise.as_dict(), "trials": rows, "n": len(rows), "without_start": len(d.finished) - len(rows),
+            "above_noise": above, "min_gain": min(gains) if gains else None, "median_gain": float(np.median(gains)) if gains else None}
+
+
+def _power(d: SweepData, cells: list[dict], metric: str, margin: float, alpha: float, power: float = 0.8) -> dict:
+    """What this sweep could have seen in ``metric``: its seed noise; for each categorical axis the largest
+    difference between its levels' means with a one-way ANOVA over the levels (the other axes pooled,
+    their effects counted as noise) and the smallest difference between two levels that a two-sided
+    t-test would detect at ``alpha`` with ``power``; and the power of the equivalence tests at ``margin``."""
+    from scipy import stats
+
+    noise = seed_noise({c["label"]: c["values"][metric] for c in cells})
+    axes = {}
+    for axis in d.axes:
+        if axis.get("dist"):
+            continue
+        key = axis["key"]
+        groups = {}
+        for v in _axis_levels(axis, d.finished):
+            vals = finite([r.metrics.get(metric) for r in d.finished if key in r.cell and _level_key(r.cell[key]) == _level_key(v)])
+            if vals:
+                groups[_fmt_level(v)] = vals
+        if len(groups) < 2:
+            continue
+        means = {k: float(np.mean(v)) for k, v in groups.items()}
+        within = seed_noise(groups)
+        n = min(len(v) for v in groups.values())
+        f = p = math.nan
+        if within.df > 0 and within.sd > 0:
+            res = stats.f_oneway(*groups.values())
+            f, p = float(res.statistic), float(res.pvalue)
+        hi, lo = max(means, key=means.get), min(means, key=means.get)
+        axes[key] = {"levels": {k: len(v) for k, v in groups.items()}, "means": means, "largest_difference": means[hi] - means[lo],
+                     "between": [hi, lo], "f": f, "p": p, "exceeds_noise": bool(math.isfinite(p) and p < alpha),
+                     "within_sd": within.sd, "detectable": detectable_difference(within.sd, n, n, alpha, power), "n_min": n}
+    seeds = [c["n"] for c in cells if c["n"] >= 2]
+    k = min(seeds) if seeds else 0
+    eq = {"margin": margin, "seeds": k, "power": tost_power(margin, noise.sd, k, k, alpha),
+          "smallest_margin": equivalence_margin(noise.sd, k, k, alpha, power),
+          "cell_detectable": detectable_difference(noise.sd, k, k, alpha, power)}
+    return {"metric": metric, "alpha": alpha, "power": power, "noise": noise.as_dict(), "axes": axes, "equivalence": eq}
 
 
 def _per_query(d: SweepData, measure: str, color_by: Optional[str]) -> dict:
@@ -277,4 +339,6 @@ def build(d: SweepData, metric: Optional[str] = None, margin: float = 0.01, alph
         "curves": {"metric": d.selection, "top": [r.name for r in top], "stopped": [r.name for r in d.stopped],
                    "series": {r.name: d.curves.get(r.run_id, []) for r in top + d.stopped}},
         "importance": _importance(d, d.selection, min_importance_trials, d.mode),
+        "learning": _learning(d, cells),
+        "power": _power(d, cells, metric, margin, alpha),
     })

@@ -86,6 +86,16 @@ def tables(r: ReportData) -> dict[str, tuple[list[str], list[list[str]]]]:
         out["equivalence_pairs"] = (["a", "b", "n_a", "n_b", "mean a − mean b", "p (TOST)", "equivalent"],
                                     [[t["a"], t["b"], str(t["n_a"]), str(t["n_b"]), f"{t['diff']:+.4f}", _p(t["p"]), "yes" if t["equivalent"] else "no"]
                                      for t in eq["pairs"]])
+    lr = r.learning
+    if lr.get("trials"):
+        out["learning"] = (["trial", "cell", f"{lr['metric']} at docs 0", "at the end", "gain"],
+                           [[t["run"], t["label"], _f(t["start"]), _f(t["end"]), f"{t['gain']:+.4f}"] for t in lr["trials"]])
+    pw = r.power
+    if pw.get("axes"):
+        out["power"] = (["axis", "levels (trials)", f"largest difference in {pw['metric']}", "ANOVA p", "beyond noise",
+                         f"smallest detectable ({round(100 * pw['power'])}% power)"],
+                        [[k, ", ".join(f"{lv} ({n})" for lv, n in a["levels"].items()), f"{a['largest_difference']:.4f} ({a['between'][0]} − {a['between'][1]})",
+                          _p(a["p"]), "yes" if a["exceeds_noise"] else "no", _f(a["detectable"])] for k, a in pw["axes"].items()])
     imp = r.importance
     if imp.get("importances"):
         out["importance"] = (["axis", "importance"], [[k, _f(v, 3)] for k, v in imp["importances"].items()])
@@ -121,6 +131,42 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _learning_lines(r: ReportData) -> list[tuple[str, Any]]:
+    """Did every trial end above its own start (docs 0) by more than the seed noise?"""
+    lr = r.learning
+    if not lr.get("n"):
+        return [("p", f"No trial was evaluated before its first step (eval.at_start), so whether the trials learned is not known.")] \
+            if r.cells else []
+    sd = lr["noise"]["sd"]
+    noise = f"the seed noise of the end value (σ = {sd:.4f}, pooled within cells)" if math.isfinite(sd) else None
+    head = (f"Learning: {lr['metric']} rose from the student's start (docs 0) by {lr['min_gain']:+.4f} to "
+            f"{max(t['gain'] for t in lr['trials']):+.4f} (median {lr['median_gain']:+.4f}) over {lr['n']} trials")
+    if noise is None:
+        return [("p", head + "; with one seed per cell there is no seed noise to compare the gains with.")]
+    if lr["above_noise"] == lr["n"]:
+        return [("p", head + f"; every trial ended above its start by more than {noise}."), ("table", "learning")]
+    return [("p", head + f"; {lr['n'] - lr['above_noise']} of {lr['n']} did not end above their start by more than {noise}: "
+                   "those trials did not learn, and what this report says of them summarises noise."), ("table", "learning")]
+
+
+def _power_lines(r: ReportData) -> list[tuple[str, Any]]:
+    """Each axis: an effect beyond seed noise, or the smallest effect this sweep could have detected."""
+    pw = r.power
+    if not pw.get("axes"):
+        return []
+    seen = [f"{k} ({a['between'][0]} − {a['between'][1]} = {a['largest_difference']:+.4f}, p = {_p(a['p'])})"
+            for k, a in pw["axes"].items() if a["exceeds_noise"]]
+    unseen = [f"{k} (largest difference {a['largest_difference']:.4f}; detectable: {_f(a['detectable'])})"
+              for k, a in pw["axes"].items() if not a["exceeds_noise"]]
+    text = (f"Power (one-way ANOVA over each axis's levels in {pw['metric']}, the other axes pooled; alpha {pw['alpha']:g}; "
+            f"detectable = the smallest difference between two levels a t-test finds with {round(100 * pw['power'])}% power at that "
+            "axis's spread and trial count). ")
+    text += ("Effects beyond noise: " + "; ".join(seen) + ". ") if seen else "No axis has an effect beyond noise. "
+    if unseen:
+        text += "Within noise: " + "; ".join(unseen) + ": a smaller true effect could not have been seen by this sweep."
+    return [("p", text), ("table", "power")]
+
+
 def sections(r: ReportData) -> list[tuple[str, list[tuple[str, Any]]]]:
     """The report as ``[(heading, [(kind, payload)])]`` with kinds ``p`` (text), ``table`` (name), ``figure`` (name)."""
     c, eq, pq, imp = r.counts, r.equivalence, r.per_query, r.importance
@@ -143,6 +189,7 @@ def sections(r: ReportData) -> list[tuple[str, list[tuple[str, Any]]]]:
                              f"{k} other cell{'s are' if k != 1 else ' is'} equivalent to it within ±{eq['margin']:g} (TOST, alpha {eq['alpha']:g})"
                              + (f": {', '.join(eq['equivalent_to_best'])}." if k else ".")))
     summary.append(("table", "cells"))
+    summary += _learning_lines(r) + _power_lines(r)
     if r.stopped_cells:
         summary.append(("p", f"Cells with every trial stopped early (no test metrics): {', '.join(r.stopped_cells)}."))
     if r.failed:
@@ -184,6 +231,12 @@ def sections(r: ReportData) -> list[tuple[str, list[tuple[str, Any]]]]:
             eqs.append(("p", "Left out (fewer than 2 finished seeds): " + ", ".join(eq["excluded"]) + "."))
         if eq.get("untested_better"):
             eqs.append(("p", "Cells with a higher mean but too few seeds to test: " + ", ".join(eq["untested_better"]) + "."))
+        pe = r.power.get("equivalence") or {}
+        if pe.get("seeds", 0) >= 2 and math.isfinite(pe.get("power", math.nan)):
+            eqs.append(("p", f"Power: with {pe['seeds']} seeds per cell and seed noise σ = {r.power['noise']['sd']:.4f}, two cells with equal true means "
+                             f"are declared equivalent within ±{eq['margin']:g} with probability {pe['power']:.0%}; the smallest margin this sweep "
+                             f"could confirm with {round(100 * r.power['power'])}% power is ±{pe['smallest_margin']:.4f}."
+                             + (" A 'no' above is therefore no evidence of a difference." if pe["power"] < r.power["power"] else "")))
         eqs += [("table", "equivalence"), ("figure", "equivalence")]
     secs.append(("Equivalence to the best", eqs))
     secs.append(("Learning curves", [("p", f"{r.curves['metric']} at every evaluation against documents seen: the top "

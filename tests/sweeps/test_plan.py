@@ -7,9 +7,11 @@ here, hand-worked cases of the simulation and the scores, and the CLI's errors.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ranksweep.sweeps.plan import Curve, Curves, PlanError, Setting, cell_means, plan, replay, score, settings_grid
@@ -206,3 +208,36 @@ def test_the_committed_pilot_plan_is_what_its_curves_give():
     assert text == (folder / "plan.txt").read_text().rstrip("\n")
     readme = (REPO / "README.md").read_text()
     assert text.split("\n\n")[1] in readme  # the table, as the command printed it
+
+
+def test_cells_within_seed_noise_get_no_recommendation_and_cells_beyond_it_do():
+    """Regret within noise is met by any scheduler when every cell is within noise: no recommendation then,
+    and a reason; the same grid with one cell far beyond noise gets one (an ANOVA over cells decides)."""
+    from ranksweep.sweeps.plan import cells_differ, format_plan
+
+    rng = np.random.default_rng(3)
+    rising = [0.40, 0.43, 0.46, 0.50]
+
+    def pilot(shift_a: float) -> Curves:
+        trials = []
+        for i, cell in enumerate("abcd"):
+            for s in range(3):
+                noise = rng.normal(0, 0.01)  # one seed's offset, the same along its curve
+                up = shift_a * (cell == "a") * np.array([0.25, 0.5, 0.75, 1.0])
+                trials.append(Curve(f"{cell}_{s}", f"{cell}-s{s}", {"cell": cell}, s, 400,
+                                    [(d, float(v + noise + u)) for d, v, u in zip(STEPS, rising, up)], start=3 * i + s))
+        return Curves("pilot", "dev/nDCG@10", "max", trials, concurrency=1)
+
+    noise_only = pilot(0.0)
+    test = cells_differ(noise_only)
+    assert not test.differ and test.p >= 0.05
+    p = plan(noise_only, orders=4)
+    assert p.recommended is None
+    assert min(r.regret for r in p.rows if r.scheduler != "none") <= p.noise  # what the old rule recommended on
+    text = format_plan(p)
+    assert "do not differ beyond seed noise" in text and "recommended: nothing" in text
+    signal = pilot(0.2)
+    assert cells_differ(signal).differ
+    assert plan(signal, orders=4).recommended is not None
+    one_seed = Curves("pilot", "dev/nDCG@10", "max", [t for t in signal.trials if t.seed == 0], concurrency=1)
+    assert math.isnan(cells_differ(one_seed).p) and plan(one_seed, orders=2).recommended is None

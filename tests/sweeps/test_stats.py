@@ -115,3 +115,46 @@ def test_equivalence_to_the_best_cell_and_refusals():
         equivalence({**cells, "solo": [0.5]}, "m")
     with pytest.raises(StatsError, match="at least 2 cells"):
         equivalence({"x": A}, "m")
+
+
+def test_seed_noise_is_the_pooled_within_cell_sd_by_hand():
+    from ranksweep.sweeps.stats import seed_noise
+
+    n = seed_noise({"a": A, "b": B, "single": [0.5]})  # a one-seed cell has no within-cell spread to give
+    ss = sum((x - np.mean(A)) ** 2 for x in A) + sum((x - np.mean(B)) ** 2 for x in B)
+    assert n.df == 5 and n.cells == 2 and n.sd == pytest.approx(math.sqrt(ss / 5))
+    assert math.isnan(seed_noise({"a": [0.1], "b": [0.2]}).sd)
+
+
+def test_detectable_difference_is_found_with_the_stated_power_by_simulation():
+    """At the returned difference, a two-sided t-test at alpha 0.05 rejects in 80% of simulated sweeps."""
+    from ranksweep.sweeps.stats import detectable_difference
+
+    sd, n = 0.012, 3
+    delta = detectable_difference(sd, n, n)
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.0, sd, (40000, n))
+    b = rng.normal(delta, sd, (40000, n))
+    rejected = sps.ttest_ind(a, b, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.8, abs=0.01)
+    assert detectable_difference(sd, 12, 12) < delta / 2  # more seeds, smaller detectable effects
+    assert math.isnan(detectable_difference(sd, 1, 3)) and math.isnan(detectable_difference(math.nan, 3, 3))
+
+
+def test_tost_power_and_the_smallest_margin_match_simulated_tost():
+    """With equal true means, TOST (pooled variance) declares equivalence within the margin as often as
+    ``tost_power`` says; at ``equivalence_margin`` that is the stated 80%."""
+    from statsmodels.stats.weightstats import ttost_ind
+
+    from ranksweep.sweeps.stats import equivalence_margin, tost_power
+
+    sd, n = 0.01, 4
+    rng = np.random.default_rng(1)
+    for margin in (equivalence_margin(sd, n, n), 0.02):
+        hits = 0
+        for _ in range(3000):
+            a, b = rng.normal(0.5, sd, n), rng.normal(0.5, sd, n)
+            hits += ttost_ind(a, b, -margin, margin, usevar="pooled")[0] < 0.05
+        assert hits / 3000 == pytest.approx(tost_power(margin, sd, n, n), abs=0.03)
+    assert tost_power(equivalence_margin(sd, n, n), sd, n, n) == pytest.approx(0.8)
+    assert tost_power(0.001, sd, 2, 2) < 1e-3  # two seeds cannot show a margin far inside the noise
