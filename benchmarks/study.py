@@ -4,10 +4,11 @@
 
 1. writes the 1-layer cut of all-MiniLM-L6-v2 that ``scifact_study_teacher.yaml`` uses as the
    teacher of the student's own size (``.cache/models/minilm-1-layer``);
-2. runs ``sweeps/scifact_study.yaml`` (sampler x loss x temperature, 60 trials),
-   ``sweeps/scifact_study_augment.yaml`` (augmentation on the best and worst cells) and
-   ``sweeps/scifact_study_teacher.yaml`` (teacher size), one after another, with the README's
-   ``ranksweep run``;
+2. runs ``sweeps/scifact_study_teacher.yaml`` (teacher size, 9 trials), ``sweeps/scifact_study.yaml``
+   (sampler x loss x temperature, 60 trials) and ``sweeps/scifact_study_augment.yaml`` (augmentation,
+   12 trials) on the best and on the worst cell of the study's grid by dev nDCG@10 (two copies of
+   the spec under ``runs/study/`` with that cell's sampler, loss and temperature), one after another,
+   with the README's ``ranksweep run``;
 3. writes each sweep's report to ``docs/study/<sweep>/`` and the main sweep's learning curves and
    ``ranksweep plan`` to ``docs/pilot/`` (the early-stopping pilot is cut from the study);
 4. prints the wall-clock time of each step.
@@ -23,9 +24,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEPS = {"main": ("scifact_study.yaml", "ranksweep-scifact-study"),
-          "augment": ("scifact_study_augment.yaml", "ranksweep-scifact-study-augment"),
-          "teacher": ("scifact_study_teacher.yaml", "ranksweep-scifact-study-teacher")}
+SWEEPS = {"teacher": ("scifact_study_teacher.yaml", "ranksweep-scifact-study-teacher"),
+          "main": ("scifact_study.yaml", "ranksweep-scifact-study"),
+          "augment": ("scifact_study_augment.yaml", "ranksweep-scifact-study-augment")}
 SMALL_TEACHER = REPO / ".cache" / "models" / "minilm-1-layer"
 
 
@@ -44,6 +45,31 @@ def write_small_teacher(folder: Path = SMALL_TEACHER) -> Path:
     return folder
 
 
+def augment_specs() -> list[tuple[str, str]]:
+    """Copies of the augmentation spec on the study's best and worst cell by dev nDCG@10: ``[(spec path, experiment)]``."""
+    import yaml
+
+    from ranksweep.sweeps.best import best
+
+    rows = best(SWEEPS["main"][1], f"sqlite:///{REPO / 'mlflow.db'}", top=1000)
+    out = []
+    for which, row in (("best", rows[0]), ("worst", rows[-1])):
+        spec = yaml.safe_load((REPO / "sweeps" / SWEEPS["augment"][0]).read_text())
+        cell = row["settings"]
+        spec["name"] = f"scifact-study-augment-{which}"
+        spec["tracking"]["experiment"] = f"ranksweep-{spec['name']}"
+        spec["base"] = str(REPO / "sweeps" / spec["base"])
+        spec["trial"]["sampler"] = {"name": cell["sampler.name"]}
+        spec["trial"]["loss"] = cell["loss"]
+        if "temperature" in cell:
+            spec["trial"]["temperature"] = cell["temperature"]
+        path = REPO / "runs" / "study" / f"{spec['name']}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# the {which} cell of scifact-study by dev nDCG@10: {cell} ({row['mean']:.4f})\n" + yaml.safe_dump(spec, sort_keys=False))
+        out.append((str(path), spec["tracking"]["experiment"]))
+    return out
+
+
 def sh(*cmd: str) -> float:
     t0 = time.perf_counter()
     print("$", " ".join(cmd), flush=True)
@@ -60,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     times = {}
     for key in a.only:
         spec, experiment = SWEEPS[key]
-        if not a.skip_runs:
-            times[f"run {spec}"] = sh("ranksweep", "run", f"sweeps/{spec}")
-        times[f"report {spec}"] = sh("ranksweep", "report", "--experiment", experiment, "--out", f"docs/study/{Path(spec).stem}")
+        jobs = augment_specs() if key == "augment" else [(f"sweeps/{spec}", experiment)]
+        for path, exp in jobs:
+            if not a.skip_runs:
+                times[f"run {path}"] = sh("ranksweep", "run", path)
+            times[f"report {exp}"] = sh("ranksweep", "report", "--experiment", exp, "--out", f"docs/study/{exp.removeprefix('ranksweep-')}")
         if key == "main":
             times["plan"] = sh("ranksweep", "plan", "--experiment", experiment, "--save-curves", "docs/pilot/curves.json")
     for k, v in times.items():

@@ -26,6 +26,8 @@ import gzip
 import hashlib
 import json
 import logging
+import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,10 +265,27 @@ def _bm25_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries:
 
 
 def read_teacher_file(path: str | Path, fmt: str = "auto") -> dict[str, dict[str, float]]:
-    """Read ``{qid: {docid: score}}`` from gzipped/plain JSON or a TREC run file."""
+    """Read ``{qid: {docid: score}}`` from gzipped/plain JSON or a TREC run file.
+
+    Raises:
+        TeacherError: naming the file (and line) when it is missing, truncated or corrupt (a gzip
+            stream that ends early), not UTF-8, malformed, or holds a score that is not a finite number.
+    """
     p = Path(path)
     if not p.exists():
         raise TeacherError(f"teacher file not found: {p}")
+    try:
+        scores = _read_teacher_file(p, fmt)
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+        raise TeacherError(f"{p}: cannot be read to its end: truncated or corrupt ({type(e).__name__}: {e})") from None
+    for q, docs in scores.items():
+        for d, v in docs.items():
+            if not math.isfinite(v):
+                raise TeacherError(f"{p}: the score of query {q!r}, document {d!r} is {v}: teacher scores must be finite numbers")
+    return scores
+
+
+def _read_teacher_file(p: Path, fmt: str) -> dict[str, dict[str, float]]:
     opener = gzip.open if p.suffix == ".gz" else open
     if fmt == "auto":
         with opener(p, "rt") as f:
@@ -280,7 +299,10 @@ def read_teacher_file(path: str | Path, fmt: str = "auto") -> dict[str, dict[str
                 raise TeacherError(f"{p}: not valid JSON ({e.msg}); expected {{qid: {{docid: score}}}}") from None
             if not isinstance(raw, dict):
                 raise TeacherError(f"{p}: expected a JSON object {{qid: {{docid: score}}}}")
-            return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in raw.items()}
+            try:
+                return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in raw.items()}
+            except (AttributeError, TypeError, ValueError):
+                raise TeacherError(f"{p}: expected {{qid: {{docid: score}}}} with numeric scores") from None
         try:
             return read_trec_run(f)
         except ValueError:

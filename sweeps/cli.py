@@ -203,9 +203,16 @@ def main_report(args: list[str]) -> int:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours covers the whole read
+    from pathlib import Path
+
     from ranksweep.sweeps.report import ReportError, report
     from ranksweep.sweeps.spec import absolute_uri
 
+    try:  # before anything is read: a folder that cannot be made fails now, not after the sweep's runs were read
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"ranksweep report: --out {a.out}: cannot create the folder ({e.strerror or e})", file=sys.stderr)
+        return 2
     try:
         rep = report(a.experiment, a.out, absolute_uri(a.tracking_uri), a.sweep, a.metric, a.margin, a.alpha, a.level, a.top_k,
                      a.color_by, a.min_importance_trials, progress=not a.no_progress)

@@ -146,6 +146,19 @@ def test_bad_data_and_an_unusable_cache_exit_2_with_one_line(tmp_path, tiny_mode
         json.dump({"0": {"4983": 1.0}}, f)
     line = _one_line_exit_2(trial(teacher={"kind": "file", "path": str(teacher)}), "trial")
     assert f"teacher file {teacher} lacks" in line and "on_missing: drop" in line
+    # a truncated gzipped teacher file, and one with a score that is not a number
+    good = teacher.read_bytes()
+    teacher.write_bytes(good[: len(good) - 10])
+    line = _one_line_exit_2(trial(teacher={"kind": "file", "path": str(teacher)}), "trial")
+    assert line.startswith(f"ranksweep trial: {teacher}: cannot be read to its end: truncated or corrupt")
+    with gzip.open(teacher, "wt") as f:
+        f.write('{"0": {"4983": NaN}}')
+    line = _one_line_exit_2(trial(teacher={"kind": "file", "path": str(teacher)}), "trial")
+    assert "the score of query '0', document '4983' is nan" in line
+    # a report folder that cannot be created: refused before MLflow is read
+    out = _cli("report", "--experiment", "none", "--tracking-uri", f"sqlite:///{tmp_path}/absent.db", "--out", "/dev/null/report")
+    assert _one_line_exit_2(out, "report").startswith("ranksweep report: --out /dev/null/report: cannot create the folder")
+    assert not (tmp_path / "absent.db").exists()
     # a cache that cannot be created
     line = _one_line_exit_2(trial(**{"data.cache_dir": "/dev/null/cache"}), "trial")
     assert line == "ranksweep trial: cache: cannot create /dev/null/cache: Not a directory"

@@ -181,11 +181,11 @@ def test_a_recommended_hyperband_row_runs_as_asha_with_brackets(tmp_path):
     from ranksweep.sweeps.tuner import _scheduler
 
     spec = REPO / "sweeps" / "scifact_pilot.yaml"
-    row = Setting("hyperband", {"grace_docs": 256, "reduction_factor": 2, "brackets": 3})
-    sweep = load_sweep(spec, {"scheduler": row.spec(2048), "storage": str(tmp_path)})
+    row = Setting("hyperband", {"grace_docs": 512, "reduction_factor": 2, "brackets": 3})
+    sweep = load_sweep(spec, {"scheduler": row.spec(4096), "storage": str(tmp_path)})
     inner = _scheduler(sweep, sweep.base_config()).inner
     assert type(inner).__name__ == "AsyncHyperBandScheduler" and len(inner._brackets) == 3
-    assert [m for m, _ in inner._brackets[0]._rungs][::-1] == [256, 512, 1024, 2048]
+    assert [m for m, _ in inner._brackets[0]._rungs][::-1] == [512, 1024, 2048, 4096]
     with pytest.raises(SpecError, match="scheduler.brackets"):
         load_sweep(spec, {"scheduler": {"name": "median", "brackets": 2}})
     with pytest.raises(SpecError, match="scheduler.reduction_factor"):
