@@ -101,14 +101,26 @@ def prepare_options(sweep: Sweep) -> PrepareOptions:
 
 
 def data_combos(sweep: Sweep) -> list[dict]:
-    """One assignment per distinct data configuration of the space (axes that change shared data)."""
+    """One assignment per distinct data configuration of the space (axes that change shared data).
+
+    A conditional data axis (``when``) is absent from the cells where it does not apply, which then
+    use the base config's data: a grid's combinations are read off its cells; for a sampled search
+    each conditional axis also contributes its absence.
+    """
     data_axes = [a for a in sweep.space.axes if a.key.split(".")[0] in ("data", "candidates", "teacher")]
-    combos: list[dict] = [{}]
     for a in data_axes:
         if not a.categorical:
             raise SpecError(f"space: axis {a.key!r} changes shared data and must be categorical")
-        combos = [{**c, a.key: v} for c in combos for v in a.values]
-    return combos
+    if sweep.fields.search == "grid":
+        combos = [{a.key: cell[a.key] for a in data_axes if a.key in cell} for cell in sweep.space.grid()]
+    else:
+        combos = [{}]
+        for a in data_axes:
+            combos = [{**c, a.key: v} for c in combos for v in a.values] + (combos if a.when else [])
+    unique: dict[str, dict] = {}
+    for c in combos:
+        unique.setdefault(json.dumps(c, sort_keys=True, default=str), c)
+    return list(unique.values())
 
 
 def combo_key(cell: dict, sweep_axes: Sequence[str]) -> str:

@@ -173,3 +173,17 @@ def test_a_budget_axis_is_read_per_trial(tmp_path):
         writer.end_trial(tid, "FINISHED")
     assert writer._trials["short"].end["tags"]["ranksweep.stopped_early"] == "false"  # its own whole budget
     assert writer._trials["long"].end["tags"]["ranksweep.stopped_early"] == "true"
+
+
+def test_a_conditional_data_axis_prepares_the_base_data_for_the_cells_it_does_not_apply_to():
+    """scifact_study_teacher.yaml: teacher.model only for kl; its lce cell uses the base teacher's prepared data."""
+    from ranksweep.sweeps.prepare import combo_key, data_combos
+    from ranksweep.sweeps.spec import load_sweep
+
+    sweep = load_sweep(REPO / "sweeps" / "scifact_study_teacher.yaml")
+    keys = sweep.space.keys()
+    prepared = {combo_key(c, keys) for c in data_combos(sweep)}
+    cells = {combo_key(c, keys) for c in sweep.space.grid()}
+    assert cells == prepared and len(prepared) == 3 and "{}" in prepared
+    optuna = load_sweep(REPO / "sweeps" / "scifact_study_teacher.yaml", {"search": "optuna", "seeds": 1, "num_samples": 4})
+    assert {combo_key(c, keys) for c in data_combos(optuna)} == prepared
