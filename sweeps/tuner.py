@@ -15,7 +15,7 @@ from ranksweep.core.data.cache import cache_root
 from .prepare import RayExecutor, check_shared, prepare_shared, shared_cache_path
 from .schedulers import Resumable, early_stopping
 from .spec import SpecError, Sweep, dump
-from .tracking import MLflowTracking, bound_http_retries, reconcile, use_tracking_uri, writer_for
+from .tracking import MLflowTracking, bound_http_retries, reconcile, run_name, use_tracking_uri, writer_for
 from .trainable import train_trial
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ def callbacks(sweep: Sweep, tracking_uri: Optional[str] = None) -> list:
                            params=params, artifacts={"sweep.yaml": dump(sweep)}, flush_timeout=sweep.fields.tracking.flush_timeout)]
 
 
+def trial_name(trial) -> str:
+    """A trial's name in Ray's progress table, as MLflow names its run (``bm25-kl-T4-s1``), not its truncated config."""
+    return run_name(trial.config.get("params", {}), int(trial.config.get("seed", 0)))
+
+
 def build_tuner(sweep: Sweep, prepared: dict[str, str], tracking_uri: Optional[str] = None):
     """The one ``tune.Tuner`` of a sweep: trainable, TuneConfig, RunConfig and param space."""
     from ray import tune
@@ -102,6 +107,7 @@ def build_tuner(sweep: Sweep, prepared: dict[str, str], tracking_uri: Optional[s
             metric=f.metric, mode=f.mode, scheduler=scheduler, search_alg=_search(sweep),
             num_samples=1 if f.search == "grid" else f.num_samples,
             max_concurrent_trials=f.max_concurrent if f.search == "grid" else None,
+            trial_name_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=sweep.storage, callbacks=callbacks(sweep, tracking_uri),

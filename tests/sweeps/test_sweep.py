@@ -40,8 +40,11 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path, caps
     from ranksweep.sweeps.tuner import run_sweep
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    # the shipped quickstart with one seed per cell and ASHA (it ships with 2 seeds and no early stopping)
-    sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", {"storage": str(tmp_path / "ray"), "seeds": 1,
+    # the shipped quickstart with one seed per cell and ASHA (it ships with 2 seeds and no early stopping), trained
+    # to 512 of its 4,096 documents with an evaluation every 128 (the mechanics of a sweep; tests/test_learning.py
+    # checks that its trial learns)
+    trial = {**yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())["trial"], "budget_docs": 512, "eval_every_docs": 128}
+    sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", {"storage": str(tmp_path / "ray"), "seeds": 1, "trial": trial,
                                                              "scheduler": {"name": "asha", "grace_docs": 128, "reduction_factor": 2},
                                                              "tracking": {"uri": uri, "experiment": "qs"}})
     try:
@@ -49,6 +52,8 @@ def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path, caps
     finally:
         ray.shutdown()
     assert not results.errors and len(results) == 6
+    table = capsys.readouterr().out
+    assert "bm25-kl-T4-s0" in table and "random-lce-s0" in table  # Ray's progress table names trials as MLflow names the runs
     c, parents, children = _runs(uri, "qs")
     assert len(parents) == 1 and len(children) == 6
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
