@@ -51,7 +51,7 @@ def _children(uri: str):
 
 def _evaluations_on_storage(tmp_path: Path) -> int:
     """Evaluations the trials have written so far, as Ray synced them to the sweep's storage."""
-    return sum(len(p.read_text().splitlines()) for p in (tmp_path / "ray" / "outage").glob("train_trial_*/outputs/metrics.jsonl"))
+    return sum(len(p.read_text().splitlines()) for p in (tmp_path / "ray" / "outage").glob("*/outputs/metrics.jsonl"))  # trial folders are named as the runs
 
 
 def _assert_complete(uri: str, budget: int) -> None:
