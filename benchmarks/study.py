@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEPS = {"teacher": ("scifact_study_teacher.yaml", "ranksweep-scifact-study-teacher"),
+SWEEPS = {"teacher": ("scifact_study_teacher.yaml", "ranksweep-scifact-study-teacher-size"),
           "main": ("scifact_study.yaml", "ranksweep-scifact-study"),
           "augment": ("scifact_study_augment.yaml", "ranksweep-scifact-study-augment")}
 SMALL_TEACHER = REPO / ".cache" / "models" / "minilm-1-layer"

@@ -11,6 +11,7 @@ plain-function entry point that the sweeper wraps. Metrics go to the ``report`` 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 from .config import TrialConfig
 from .data.batching import SpecialTokens
 from .evaluation import Evaluator, eval_metric_keys
+from .losses import LOSSES
+from .metrics import listwise_entropy
 from .models import build_student, load_tokenizer, resolve_device
 from .preparation import Prepared, prepare
 from .training import ENTROPY, PAIRWISE_ENTROPY, PROGRESS, Trainer, build_sampler, objective, train_metric_keys
@@ -89,9 +92,25 @@ class Trial:
         self.sampler = build_sampler(cfg, self.p)
         self.trainer = Trainer(cfg, self.p, self.model, queries, docs, special, self.device, self.sampler)
         self.evaluator = Evaluator(cfg, self.p, self.model, tokenizer, special, queries, docs, self.device, self.sampler)
+        self._warn_if_flat_teacher()
         self.writer = TrialWriter(cfg.output_dir, tag=cfg.name or "ranksweep")
         self.writer.config(cfg)
         self.history: list[dict[str, float]] = []
+
+    def _warn_if_flat_teacher(self) -> None:
+        """Warn when the teacher's tempered distribution over the probe groups is almost uniform (mean entropy
+        above 95% of ln G): raw cosine scores of a ``bi`` teacher at T = 1 are, and distilling them unlearns."""
+        if self.p.teacher is None or not any(LOSSES[t.name].needs_teacher for t in self.cfg.loss):
+            return
+        ev = self.evaluator
+        t = torch.from_numpy(self.p.teacher.lookup(ev.probe_rows, ev.probe_groups))
+        h = float(listwise_entropy(t, self.cfg.temperature).mean())
+        top = math.log(self.cfg.group_size)
+        if h > 0.95 * top:
+            logger.warning("the teacher's distribution over a group is almost uniform: mean entropy %.3f of at most ln %d = %.3f nats "
+                           "at T = %g; the loss has little to distil. Sharpen it: a lower temperature, or an ensemble teacher "
+                           "(z-scored per query) instead of raw %s scores", h, self.cfg.group_size, top, self.cfg.temperature,
+                           self.cfg.teacher.kind)
 
     @property
     def docs_seen(self) -> int:

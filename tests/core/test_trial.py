@@ -339,3 +339,16 @@ def test_float16_corpus_index_retrieves_what_exact_scoring_ranks(tmp_path, tiny_
         assert len(set(got) & set(want)) >= 18
         for did in set(got) & set(want):
             assert got[did] == pytest.approx(want[did], abs=0.03)
+
+
+def test_an_almost_uniform_teacher_is_warned_about(tmp_path, tiny_model, caplog):
+    """A teacher whose tempered distribution over the group is nearly uniform gives the loss nothing to distil."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="ranksweep.core.trial"):
+        Trial(_cfg(tmp_path, tiny_model, temperature=1e4, output_dir=None))
+    assert "the teacher's distribution over a group is almost uniform" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ranksweep.core.trial"):
+        Trial(_cfg(tmp_path, tiny_model, output_dir=None))  # the BM25 teacher at T = 1 is sharp
+    assert "almost uniform" not in caplog.text

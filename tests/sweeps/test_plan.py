@@ -193,15 +193,16 @@ def test_a_recommended_hyperband_row_runs_as_asha_with_brackets(tmp_path):
 
 
 def test_the_committed_pilot_plan_is_what_its_curves_give():
-    """docs/pilot: the pilot's curves (saved from its MLflow runs) give the committed plan, shown in the README."""
+    """docs/pilot: the pilot's curves (the study's, saved from its MLflow runs) give the committed plan, shown in the README."""
     from conftest import REPO
 
     from ranksweep.sweeps.plan import format_plan
 
     folder = REPO / "docs" / "pilot"
     curves = Curves.load(folder / "curves.json")
-    assert len(curves.trials) == 24 and len({t.cell_key() for t in curves.trials}) == 8
-    assert all(t.complete and len(t.points) == 8 and t.seconds for t in curves.trials)
+    assert len(curves.trials) == 60 and len({t.cell_key() for t in curves.trials}) == 20
+    assert all(t.complete and [d for d, _ in t.points] == [0, 1024, 2048, 3072, 4096] and t.seconds for t in curves.trials)
+    assert all(t.points[-1][1] > t.points[0][1] for t in curves.trials)  # every trial learned
     p = plan(curves)
     assert json.loads(json.dumps([r.as_dict() for r in p.rows])) == json.loads((folder / "plan.json").read_text())
     text = format_plan(p)

@@ -176,14 +176,16 @@ def test_a_budget_axis_is_read_per_trial(tmp_path):
 
 
 def test_a_conditional_data_axis_prepares_the_base_data_for_the_cells_it_does_not_apply_to():
-    """scifact_study_teacher.yaml: teacher.model only for kl; its lce cell uses the base teacher's prepared data."""
+    """teacher.model only for kl: the lce cell, where it is absent, uses the base teacher's prepared data."""
     from ranksweep.sweeps.prepare import combo_key, data_combos
     from ranksweep.sweeps.spec import load_sweep
 
-    sweep = load_sweep(REPO / "sweeps" / "scifact_study_teacher.yaml")
+    spec = {"name": "t", "base": str(REPO / "sweeps" / "trials" / "scifact_bi.yaml"), "trial": {"teacher": {"kind": "bi", "model": "minilm", "members": []}},
+            "space": {"axes": {"loss": ["lce", "kl"], "teacher.model": {"values": ["minilm", "other/model"], "when": {"loss": ["kl"]}}}}}
+    sweep = load_sweep(spec)
     keys = sweep.space.keys()
     prepared = {combo_key(c, keys) for c in data_combos(sweep)}
     cells = {combo_key(c, keys) for c in sweep.space.grid()}
     assert cells == prepared and len(prepared) == 3 and "{}" in prepared
-    optuna = load_sweep(REPO / "sweeps" / "scifact_study_teacher.yaml", {"search": "optuna", "seeds": 1, "num_samples": 4})
+    optuna = load_sweep({**spec, "search": "optuna", "seeds": 1, "num_samples": 4})
     assert {combo_key(c, keys) for c in data_combos(optuna)} == prepared
