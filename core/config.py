@@ -69,7 +69,7 @@ class CandidateConfig:
 @dataclass(frozen=True)
 class SamplerConfig:
     name: str = _help("random | bm25 | dense | ensemble | teacher", default="bm25")
-    depth: tuple[int, int] = _help("[lo, hi) rank range negatives are drawn from (bm25/dense/ensemble/teacher)", default=(0, 100))
+    depth: tuple[int, int] = _help("[lo, hi) rank range negatives are drawn from (bm25/dense/ensemble; teacher only without hardest_first)", default=(0, 100))
     skip_top: int = _help("teacher sampler: ranks skipped at the top against false negatives", default=0)
     hardest_first: bool = _help("teacher sampler: take the hardest negatives in order instead of sampling the range", default=True)
     rrf_k: int = _help("ensemble sampler: reciprocal-rank-fusion constant", default=60)

@@ -2,7 +2,7 @@
 
 Tensor math is written as free functions over (B, G) scores or (B, G, D) embeddings; retrieval
 effectiveness (nDCG, RR, recall) comes from ``ir_measures``, never re-implemented here.
-Run and per-query files are written by the writer functions at the bottom.
+Run and per-query files are written by ``writers.py``.
 """
 
 from __future__ import annotations
