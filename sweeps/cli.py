@@ -208,10 +208,13 @@ def main_report(args: list[str]) -> int:
     from ranksweep.sweeps.report import ReportError, report
     from ranksweep.sweeps.spec import absolute_uri
 
-    try:  # before anything is read: a folder that cannot be made fails now, not after the sweep's runs were read
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"ranksweep report: --out {a.out}: cannot create the folder ({e.strerror or e})", file=sys.stderr)
+    # before anything is read (and without creating it: a failed report leaves no folder), a folder that cannot be made
+    below = Path(a.out).absolute()
+    while not below.exists():
+        below = below.parent
+    if not below.is_dir() or not os.access(below, os.W_OK | os.X_OK):
+        why = "not a directory" if not below.is_dir() else "not writable"
+        print(f"ranksweep report: --out {a.out}: cannot create the folder ({below} is {why})", file=sys.stderr)
         return 2
     try:
         rep = report(a.experiment, a.out, absolute_uri(a.tracking_uri), a.sweep, a.metric, a.margin, a.alpha, a.level, a.top_k,
