@@ -46,6 +46,7 @@ from ranksweep.core.config import resolve_trial
 
 from .runs import SweepReader, cell_label, count_trials, mlflow_key
 from .schedulers import early_stopping
+from .stats import seed_noise
 from .tuner import max_budget
 
 KEYS = ("scheduler", "params", "compute_fraction", "best_kept", "regret", "topk_kept")
@@ -355,13 +356,11 @@ def cells_differ(curves: Curves, alpha: float = 0.05) -> CellTest:
     """
     from scipy import stats
 
-    by: dict[str, list[float]] = {}
-    for c in curves.trials:
-        by.setdefault(c.cell_key(), []).append(c.final)
-    groups = [v for v in by.values()]
+    by = finals_by_cell(curves)
+    groups = list(by.values())
     n = sum(len(v) for v in groups)
-    within = sum(float(np.var(v)) * len(v) for v in groups)
-    if len(groups) < 2 or n - len(groups) < 1 or within == 0:
+    within = seed_noise(by).sd  # NaN with one seed per cell
+    if len(groups) < 2 or not within > 0:
         return CellTest(len(groups), n, math.nan, math.nan, alpha)
     r = stats.f_oneway(*groups)
     return CellTest(len(groups), n, float(r.statistic), float(r.pvalue), alpha)
@@ -387,18 +386,21 @@ class Plan:
         return next(iter(self.cells))
 
 
-def cell_means(curves: Curves) -> tuple[dict[str, float], float]:
-    """Each cell's mean final metric over its seeds, best first, and the standard error of such a mean."""
+def finals_by_cell(curves: Curves) -> dict[str, list[float]]:
+    """Each cell's final metric values, one per seed."""
     by: dict[str, list[float]] = {}
     for c in curves.trials:
         by.setdefault(c.cell_key(), []).append(c.final)
+    return by
+
+
+def cell_means(curves: Curves) -> tuple[dict[str, float], float]:
+    """Each cell's mean final metric over its seeds, best first, and the standard error of such a mean
+    (the pooled within-cell SD, ``stats.seed_noise``, over the square root of the mean seeds per cell)."""
+    by = finals_by_cell(curves)
     means = {k: float(np.mean(v)) for k, v in by.items()}
     ranked = dict(sorted(means.items(), key=lambda kv: kv[1], reverse=curves.mode == "max"))
-    resid = [x - means[k] for k, v in by.items() for x in v]
-    dof = sum(len(v) - 1 for v in by.values())
-    seeds = np.mean([len(v) for v in by.values()])
-    noise = math.sqrt(sum(r * r for r in resid) / dof / seeds) if dof > 0 else float("nan")
-    return ranked, noise
+    return ranked, seed_noise(by).sd / math.sqrt(np.mean([len(v) for v in by.values()]))
 
 
 def score(curves: Curves, rep: Replay, cells: dict[str, float], top_k: int) -> tuple[float, bool, float, int]:
