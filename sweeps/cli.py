@@ -111,13 +111,27 @@ def main_run(args: list[str]) -> int:
     from ranksweep.core.preparation import NotPrepared
     from ranksweep.core.teachers import TeacherError
     from ranksweep.sweeps.best import best, format_rows
-    from ranksweep.sweeps.tuner import run_sweep
+    from ranksweep.sweeps.tuner import SweepInterrupted, run_sweep
 
+    resume = f"ranksweep run {a.spec}" + (f" --tracking-uri {a.tracking_uri}" if a.tracking_uri else "") + \
+        (f" --address {a.address}" if a.address else "")
     try:
         results = run_sweep(sweep, address=a.address, resume=a.resume)
     except (SpecError, DatasetError, TeacherError, NotPrepared, CacheError) as e:
         print(f"ranksweep run: {e}", file=sys.stderr)
         return 2
+    except SweepInterrupted as e:
+        print(f"\nranksweep run: sweep {sweep.name!r} {e}", file=sys.stderr)
+        if e.stage == "preparation":
+            print(f"to start it: {resume}" + (" --resume" if a.resume else ""), file=sys.stderr)
+        else:
+            print(f"finished trials are in MLflow experiment {sweep.experiment!r} at {sweep.tracking_uri}; no best settings "
+                  f"from a partial sweep\nto continue it: {resume} --resume", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"\nranksweep run: sweep {sweep.name!r} interrupted before it started; to start it: {resume}"
+              + (" --resume" if a.resume else ""), file=sys.stderr)
+        return 130
     errors = len(results.errors)
     print(f"\n{len(results)} trials, {errors} failed; MLflow experiment {sweep.experiment!r} at {sweep.tracking_uri}")
     try:

@@ -154,6 +154,8 @@ class MLflowWriter:
         self.down_since: Optional[float] = None
         self._last_warning = 0.0
         self.written = 0
+        self.statuses: dict[str, str] = {}  # Tune's status of every trial at the end of its last loop step
+        self.interrupted: Optional[int] = None  # the signal that stopped the sweep's driver, if one did
 
     @property
     def client(self):
@@ -199,6 +201,22 @@ class MLflowWriter:
         with self._lock:
             self._sweep_end = failed
         self._wake.set()
+
+    def interrupt(self, signum: int) -> None:
+        """The driver is stopping on ``signum``: the sweep does not end, its running trials stay open in MLflow."""
+        self.interrupted = signum
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every result and trial end recorded so far is written (open trials stay open); True when it is."""
+        def drained() -> bool:
+            with self._lock:
+                return self.parent_id is not None and not any(t.results or (t.end is not None and not t.done)
+                                                              for t in self._trials.values())
+        deadline = time.monotonic() + timeout
+        while not drained() and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.2)
+        return drained()
 
     def waiting(self) -> tuple[int, int]:
         """``(results, trials)`` still to be written."""
@@ -417,17 +435,18 @@ def trial_params(base: dict, cell: dict, seed: int) -> tuple[int, dict[str, str]
     return cfg.budget_docs, params
 
 
-def reconcile(writer: MLflowWriter, results, base: dict) -> None:
+def reconcile(writer: MLflowWriter, results, base: dict, only: Optional[set[str]] = None) -> None:
     """Hand every trial of a ResultGrid to the writer: whatever MLflow lacks of them gets written.
 
     Ray keeps each trial's results and files in the sweep's storage; after a sweep whose writer
     could not finish (the tracking server away, the driver killed), a later ``--resume`` writes
     them from there. Steps already in a run are skipped, so a complete sweep costs one look per trial.
+    ``only``: the trial ids that ended (an interrupted sweep's running trials are not ended here).
     """
     for r in results:
         config = r.config or {}
         tid = (r.metrics or {}).get("trial_id")
-        if not tid:
+        if not tid or (only is not None and tid not in only):
             continue
         cell, seed = config.get("params", {}), int(config.get("seed", 0))
         with writer._lock:
@@ -498,7 +517,13 @@ class MLflowTracking(Callback):
             pass
         self.writer.end_trial(trial.trial_id, "FAILED", {ERROR: err or "trial failed (see the Ray trial folder)"}, self._outputs(trial))
 
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self.writer.statuses = {t.trial_id: t.status for t in trials}
+
     def on_experiment_end(self, trials, **info) -> None:
+        if self.writer.interrupted is not None:  # Tune marks the trials it stopped TERMINATED: they are not
+            self.writer.drain(min(self.flush_timeout, 30))  # ended in MLflow, and the sweep stays open for --resume
+            return
         self.writer.end_sweep(sum(t.status == "ERROR" for t in trials))
         if not self.writer.flush(self.flush_timeout):
             results, n = self.writer.waiting()

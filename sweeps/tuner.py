@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -168,6 +170,94 @@ def check_writable(paths: dict[str, str]) -> None:
             raise SpecError(f"{what}: cannot write to {p}: {e.strerror or e}") from None
 
 
+@dataclass
+class SweepInterrupted(Exception):
+    """The driver stopped on a signal before the sweep ended; what it had finished is kept, and ``--resume`` continues."""
+
+    signum: int
+    stage: str  # "preparation" or "trials"
+    finished: int = 0
+    running: int = 0
+    pending: int = 0
+    failed: int = 0
+    total: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 after SIGINT, 143 after SIGTERM
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.stage == "preparation":
+            return (f"interrupted by {name} while preparing the shared data: no trial ran; the stages already built are "
+                    "kept in the cache")
+        return (f"interrupted by {name}: {self.finished} of {self.total} trials finished, {self.running} running (stopped at "
+                f"their last checkpoint), {self.pending} pending, {self.failed} failed; the sweep is not complete")
+
+
+class Interruption:
+    """SIGINT and SIGTERM while a sweep runs, turned into a stop that keeps what is finished.
+
+    Inside Tune's loop the first signal asks Tune for its own graceful stop (the SIGUSR1 it listens
+    to: trials stop at their last checkpoint and the experiment state is saved for ``--resume``);
+    outside it (preparation), or on a second signal, it raises ``KeyboardInterrupt``. ``signum`` is
+    the first signal received. Tune's own SIGINT handler is switched off so that SIGINT comes here.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, on_signal=None) -> None:
+        self.signum: Optional[int] = None
+        self.in_tune = False
+        self.on_signal = on_signal
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Interruption":
+        self._previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            signal.signal(s, self._handle)
+        self._tune_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        if self._tune_sigint is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._tune_sigint
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+            if self.on_signal is not None:
+                self.on_signal(signum)
+        if first and self.in_tune and callable(signal.getsignal(signal.SIGUSR1)):
+            logger.warning("%s received: stopping the trials at their last checkpoint and saving the sweep's state "
+                           "(send it again to stop at once)", signal.Signals(signum).name)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return
+        raise KeyboardInterrupt
+
+
+class _QuietTuneResumeHint(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)" after an interrupt: the CLI names ``ranksweep run --resume``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with" not in record.getMessage()
+
+
+def interrupted_counts(statuses: dict[str, str], total: int) -> dict[str, int]:
+    """Finished, running, pending and failed trials from Tune's statuses at the last loop step."""
+    finished = sum(s == "TERMINATED" for s in statuses.values())
+    failed = sum(s == "ERROR" for s in statuses.values())
+    running = sum(s in ("RUNNING", "PAUSED") for s in statuses.values())
+    return {"finished": finished, "running": running, "failed": failed, "total": total,
+            "pending": max(total - finished - failed - running, 0)}
+
+
 def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optional[str] = None, resume: bool = False):
     """Prepare shared data, start (or reattach to) Ray, run or resume the sweep; return the ResultGrid."""
     import ray
@@ -197,18 +287,42 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
               "storage": sweep.fields.storage}
     check_shared(shared)  # on a cluster: absolute paths that every node sees
     check_writable({**shared, "storage": sweep.storage})
-    prepared = prepare_shared(sweep, RayExecutor())
     track = callbacks(sweep, tracking_uri)[0]
     use_tracking_uri(track.sweep_key, track.tracking_uri)  # a restored callback writes where this run asks, too
-    bound_http_retries()
-    if resume:
-        tuner = tune.Tuner.restore(path, trainable=trainable(sweep, prepared), resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
-    else:
-        tuner = build_tuner(sweep, prepared, tracking_uri)
-    results = tuner.fit()
-    # whatever MLflow lacks (the server was away, an earlier driver was killed) is written from Ray's results
     writer = writer_for(track.sweep_key, track.make_writer)
+    writer.interrupted, writer.statuses = None, {}
+    with Interruption(on_signal=writer.interrupt) as stop:
+        try:
+            prepared = prepare_shared(sweep, RayExecutor())
+        except KeyboardInterrupt:
+            raise SweepInterrupted(stop.signum or signal.SIGINT, "preparation") from None
+        bound_http_retries()
+        if resume:
+            tuner = tune.Tuner.restore(path, trainable=trainable(sweep, prepared), resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+        else:
+            tuner = build_tuner(sweep, prepared, tracking_uri)
+        hint = _QuietTuneResumeHint()
+        logging.getLogger("ray.tune.tune").addFilter(hint)
+        stop.in_tune = True
+        try:
+            results = tuner.fit()
+        except KeyboardInterrupt:  # a second signal: Tune did not finish its stop; its last saved state is what resumes
+            writer.interrupt(stop.signum or signal.SIGINT)
+            writer.drain(5)
+            raise SweepInterrupted(stop.signum or signal.SIGINT, "trials",
+                                   **interrupted_counts(writer.statuses, sweep.trial_count())) from None
+        finally:
+            stop.in_tune = False
+            logging.getLogger("ray.tune.tune").removeFilter(hint)
+    if stop.signum is not None:
+        # the trials that ended before the stop are written; those Tune stopped stay open for --resume
+        ended = {t for t, s in writer.statuses.items() if s in ("TERMINATED", "ERROR")}
+        reconcile(writer, results, sweep.base, only=ended)
+        if not writer.drain(sweep.fields.tracking.flush_timeout):
+            logger.warning("MLflow at %s: results not written yet; `ranksweep run <spec> --resume` writes them", writer.tracking_uri)
+        raise SweepInterrupted(stop.signum, "trials", **interrupted_counts(writer.statuses, sweep.trial_count()))
+    # whatever MLflow lacks (the server was away, an earlier driver was killed) is written from Ray's results
     reconcile(writer, results, sweep.base)
     writer.end_sweep(len(results.errors))
     if not writer.flush(sweep.fields.tracking.flush_timeout):

@@ -239,6 +239,66 @@ def test_small_sweep_against_a_local_mlflow_server_with_storage_as_a_uri(tmp_pat
         for r in children:
             assert {"final.json", "metrics.jsonl", "runs", "per_query"} <= {a.path for a in c.list_artifacts(r.info.run_id)}
         assert list((tmp_path / "ray" / "tiny").glob("*/outputs/final.json"))  # where Ray put them (trial folders are named as the runs)
-        assert "best settings" in log
+        assert "best settings by" in log
     finally:
         server.stop()
+
+
+def _mine(uri: str, sweep: str):
+    """The sweep's parent run and its trial runs (the database may be busy: None then)."""
+    try:
+        _, parents, children = _runs(uri, "tiny")
+    except Exception:  # noqa: BLE001
+        return None, []
+    parent = next((p for p in parents if p.info.run_name == sweep), None)
+    if parent is None:
+        return None, []
+    return parent, [r for r in children if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def test_ctrl_c_says_the_sweep_is_interrupted_exits_130_and_resume_finishes_it_without_loss_or_duplicates(tmp_path, tiny_model):
+    import re
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    losses = ["kl", "lce", "margin_mse", "ranknet"]
+    spec = _tiny_sweep(tmp_path, tiny_model, uri, losses, budget=128, name="ctrlc")
+    proc = _cli("run", str(spec), start_new_session=True)
+    deadline, sent = time.time() + 400, False
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        _, mine = _mine(uri, "ctrlc")
+        done = [r for r in mine if r.info.status == "FINISHED"]
+        busy = [r for r in mine if r.info.status == "RUNNING" and r.data.metrics.get("docs_seen", 0) >= 32]
+        if done and busy:  # one trial finished, the next one past its first checkpoint
+            os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the driver's whole process group
+            sent = True
+            break
+    log, _ = proc.communicate(timeout=180)
+    assert sent, "the sweep finished before it could be interrupted"
+    assert proc.returncode == 130, log[-3000:]
+    m = re.search(r"sweep 'ctrlc' interrupted by SIGINT: (\d+) of 4 trials finished, (\d+) running .*?, (\d+) pending, 0 failed", log)
+    assert m, log[-3000:]
+    finished, running, pending = map(int, m.groups())
+    assert finished >= 1 and running == 1 and finished + running + pending == 4
+    assert f"to continue it: ranksweep run {spec} --resume" in log
+    assert "best settings by" not in log and "Tuner.restore" not in log and "Traceback" not in log
+    parent, mine = _mine(uri, "ctrlc")
+    assert parent.info.status == "RUNNING"  # the sweep is not over
+    assert sum(r.info.status == "FINISHED" for r in mine) == finished
+    finished_before = {r.data.tags["ranksweep.trial_id"]: r.info.run_id for r in mine if r.info.status == "FINISHED"}
+
+    out = _cli("run", str(spec), "--resume")
+    log, _ = out.communicate(timeout=600)
+    assert out.returncode == 0, log[-3000:]
+    assert "best settings by" in log
+    c = _client(uri)
+    parent, mine = _mine(uri, "ctrlc")
+    assert parent.info.status == "FINISHED"
+    trial_ids = [r.data.tags["ranksweep.trial_id"] for r in mine]
+    assert len(trial_ids) == len(set(trial_ids)) == len(losses)  # none lost, none duplicated
+    for r in mine:
+        assert r.info.status == "FINISHED" and r.data.metrics["docs_seen"] == 128
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "docs_seen")]
+        assert steps == sorted(set(steps)) and steps[-1] == 128  # every evaluation once
+        if r.data.tags["ranksweep.trial_id"] in finished_before:  # never rerun
+            assert r.info.run_id == finished_before[r.data.tags["ranksweep.trial_id"]]
