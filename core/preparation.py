@@ -315,6 +315,9 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
     n_train = len(split.train)
     queries = query_set(train.queries, all_q, root)
     docs = train.corpus.store(root, executor)
+    eval_cols = [load_collection(did) for did in d.eval]
+    for col in eval_cols:  # every corpus read, each line parsed, before the first expensive stage (BM25, teacher)
+        col.corpus.store(root, executor)
     positives = positives_of(train, all_q, docs)
     bm25_index(root, train.corpus, executor, o.cpus)
     bm25 = bm25_candidates(root, train.corpus, queries, cfg.candidates.bm25_depth, executor, o.cpus, o.shard_queries)
@@ -361,8 +364,7 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
 
     # evaluation sets
     evals, eval_sets = [], []
-    for did in d.eval:
-        col = load_collection(did)
+    for did, col in zip(d.eval, eval_cols):
         qids = sample_queries(col.judged_queries(), d.eval_max_queries, seed=d.split_seed)
         qset = query_set(col.queries, qids, root)
         store = col.corpus.store(root, executor)

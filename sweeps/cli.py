@@ -63,9 +63,12 @@ def main_trial(args: list[str]) -> int:
         keys = [k for k in (f"dev/{cfg.eval.selection}", "train/loss", DIAMETER, ENTROPY, "train/docs_per_s") if k in metrics]
         logger.info("docs %d: %s", docs, "  ".join(f"{k}={metrics[k]:.4f}" for k in keys))
 
+    from ranksweep.core.preflight import check_inputs
+
     try:
+        check_inputs(cfg)  # every collection, model and teacher file, before any stage is built
         final = run_trial(cfg, report=report)
-    except (DatasetError, TeacherError, CacheError) as e:  # bad input data or an unusable cache: finished files stay
+    except (ConfigError, DatasetError, TeacherError, CacheError) as e:  # bad input or an unusable cache: finished files stay
         print(f"ranksweep trial: {e}", file=sys.stderr)
         return 2
     if a.json:
@@ -108,6 +111,7 @@ def main_run(args: list[str]) -> int:
         return 0
     from ranksweep.core.data.cache import CacheError
     from ranksweep.core.data.collections import DatasetError
+    from ranksweep.core.errors import ConfigError
     from ranksweep.core.preparation import NotPrepared
     from ranksweep.core.teachers import TeacherError
     from ranksweep.sweeps.best import best, format_rows
@@ -117,7 +121,7 @@ def main_run(args: list[str]) -> int:
         (f" --address {a.address}" if a.address else "")
     try:
         results = run_sweep(sweep, address=a.address, resume=a.resume)
-    except (SpecError, DatasetError, TeacherError, NotPrepared, CacheError) as e:
+    except (SpecError, ConfigError, DatasetError, TeacherError, NotPrepared, CacheError) as e:
         print(f"ranksweep run: {e}", file=sys.stderr)
         return 2
     except SweepInterrupted as e:

@@ -24,6 +24,7 @@ from typing import Any, Optional, TypeVar
 
 from ranksweep.core import PrepareOptions, prepare
 from ranksweep.core.config import resolve_trial
+from ranksweep.core.preflight import check_inputs
 
 from .spec import SpecError, Sweep
 
@@ -127,6 +128,14 @@ def combo_key(cell: dict, sweep_axes: Sequence[str]) -> str:
     """The data configuration a cell belongs to, as a stable string (the key of ``prepared``)."""
     data = {k: v for k, v in cell.items() if k.split(".")[0] in ("data", "candidates", "teacher") and k in sweep_axes}
     return json.dumps(data, sort_keys=True, default=str)
+
+
+def check_sweep_inputs(sweep: Sweep) -> None:
+    """Every collection, model and teacher file of every data configuration (and every student of the space),
+    opened and parsed as far as its first records before Ray starts or any stage is built."""
+    students = {v for a in sweep.space.axes if a.key == "student.model" and a.categorical for v in a.values}
+    for c in data_combos(sweep):
+        check_inputs(resolve_trial(sweep.base, c), students)
 
 
 def prepare_shared(sweep: Sweep, executor: Optional[Any] = None) -> dict[str, str]:

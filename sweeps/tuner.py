@@ -14,7 +14,7 @@ from typing import Optional
 from ranksweep.core import TrialConfig
 from ranksweep.core.data.cache import cache_root
 
-from .prepare import RayExecutor, check_shared, prepare_shared, shared_cache_path
+from .prepare import RayExecutor, check_shared, check_sweep_inputs, prepare_shared, shared_cache_path
 from .schedulers import Resumable, early_stopping
 from .spec import SpecError, Sweep, dump
 from .tracking import MLflowTracking, bound_http_retries, reconcile, run_name, use_tracking_uri, writer_for
@@ -276,6 +276,7 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
         if torch.cuda.device_count() == 0:
             raise SpecError(f"resources.gpu: {sweep.fields.resources.gpu} GPU per trial requested but this machine has none "
                             "(set resources.gpu: 0, or pass --address of a cluster with GPU workers)")
+    check_sweep_inputs(sweep)
     # no --address: a fresh local Ray, never a cluster some earlier run left recorded on this machine
     ray.init(address=reachable_address(address) if address else "local", ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=True,

@@ -84,7 +84,8 @@ def test_readme_shows_the_quickstart_report_as_the_command_wrote_it():
 
 def _one_line_exit_2(out, prog: str) -> str:
     """An expected failure: exit code 2 and one line on stderr naming the problem, no traceback."""
-    lines = [x for x in out.stderr.splitlines() if x.strip() and " INFO " not in x and " WARNING " not in x]
+    lines = [x for x in out.stderr.splitlines() if x.strip() and " INFO " not in x and " WARNING " not in x
+             and not x.startswith("[INFO] ")]  # log lines: ours, and ir_datasets' own format
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(lines) == 1 and lines[0].startswith(f"ranksweep {prog}: "), out.stderr[-2000:]
     return lines[0]
@@ -162,3 +163,56 @@ def test_bad_data_and_an_unusable_cache_exit_2_with_one_line(tmp_path, tiny_mode
     # a cache that cannot be created
     line = _one_line_exit_2(trial(**{"data.cache_dir": "/dev/null/cache"}), "trial")
     assert line == "ranksweep trial: cache: cannot create /dev/null/cache: Not a directory"
+
+
+def test_inputs_are_checked_before_any_stage_is_built(tmp_path, tiny_model):
+    """A broken eval collection or an unavailable model: one line, exit 2, and nothing expensive built first."""
+    import shutil
+
+    from conftest import TINY_BEIR
+
+    cache = tmp_path / "cache"
+
+    def trial(**over):
+        d = fast_config(tmp_path, **{"student.model": tiny_model, "student.num_layers": None, "data.cache_dir": str(cache), **over})
+        path = tmp_path / "t.yaml"
+        path.write_text(yaml.safe_dump(d))
+        return _cli("trial", str(path))
+
+    def built() -> list[str]:
+        return sorted(p.name for p in cache.rglob("*") if p.is_dir()) if cache.exists() else []
+
+    # an eval corpus whose first records do not parse: refused before the training collection is even stored
+    early = tmp_path / "early"
+    shutil.copytree(TINY_BEIR, early)
+    with (early / "corpus.jsonl").open("a") as f:
+        f.write('{"_id": "d99", "text": "unterminated\n')
+    line = _one_line_exit_2(trial(**{"data.eval": [f"local:{early}:test"]}), "trial")
+    assert line == f"ranksweep trial: {early / 'corpus.jsonl'}:9: malformed JSON line (Invalid control character at)"
+    assert built() == []
+    # a malformed line deep in an eval corpus: found when its corpus is stored, before BM25 or any teacher scoring
+    deep = tmp_path / "deep"
+    shutil.copytree(TINY_BEIR, deep)
+    with (deep / "corpus.jsonl").open("a") as f:
+        for i in range(200):
+            f.write(json.dumps({"_id": f"x{i}", "title": "", "text": f"filler passage {i}"}) + "\n")
+        f.write("not json\n")
+    line = _one_line_exit_2(trial(**{"data.eval": [f"local:{deep}:test"]}), "trial")
+    assert line.startswith(f"ranksweep trial: {deep / 'corpus.jsonl'}:209: malformed JSON line")
+    assert built() and not [n for n in built() if "bm25" in n or "teacher" in n or "embed" in n], built()
+    # a model that is neither a folder nor in the offline cache: named, with how to make it available
+    env_line = _one_line_exit_2(trial(**{"student.model": "no-such-org/no-such-model"}), "trial")
+    assert env_line.startswith("ranksweep trial: student.model: model 'no-such-org/no-such-model' is not available: ")
+    assert "hf download no-such-org/no-such-model" in env_line
+    line = _one_line_exit_2(trial(teacher={"kind": "ensemble", "members": [{"kind": "bm25"}, {"kind": "bi", "model": "no/teacher"}]}),
+                            "trial")
+    assert line.startswith("ranksweep trial: teacher.members[1].model: model 'no/teacher' is not available")
+    # the same checks refuse a sweep before Ray starts
+    spec = {"name": "bad", "base": fast_config(tmp_path, **{"student.model": tiny_model, "data.eval": [f"local:{early}:test"]}),
+            "space": {"axes": {"loss": ["kl", "lce"]}}, "search": "grid", "resources": {"cpu": 1},
+            "storage": str(tmp_path / "ray"), "tracking": {"uri": f"sqlite:///{tmp_path}/m.db", "experiment": "bad"}}
+    spec["base"].pop("output_dir")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    out = _cli("run", str(tmp_path / "bad.yaml"))
+    assert _one_line_exit_2(out, "run").endswith("corpus.jsonl:9: malformed JSON line (Invalid control character at)")
+    assert "Ray instance" not in out.stdout + out.stderr
