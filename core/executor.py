@@ -15,9 +15,10 @@ The core never imports Ray: an executor is anything with this ``map``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
+
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,12 @@ class LocalExecutor:
     """Runs every call in this process, in order (``cpus``/``gpus`` are hints the calls read themselves)."""
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], *, cpus: float = 1, gpus: float = 0, label: str = "") -> list[R]:
-        t0 = time.perf_counter()
-        out = [fn(x) for x in items]
-        if items:
-            logger.debug("%s: %d shard(s) in this process, %.1f s", label or fn.__name__, len(items), time.perf_counter() - t0)
+        progress = Progress(label or fn.__name__, len(items), "shards", log=logger) if len(items) > 1 else None
+        out = []
+        for x in items:
+            out.append(fn(x))
+            if progress is not None:
+                progress.update()
         return out
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from .config import TeacherConfig
+from .progress import Progress
 from .data.batching import SpecialTokens, pair_chunks
 from .data.bm25 import bm25_pair_scores
 from .data.cache import cache_root, stage
@@ -225,13 +226,15 @@ def cross_pair_shard(job: CrossPairShard) -> int:
     q_of = np.repeat(np.arange(job.start, job.stop), pools.lengths()[job.start : job.stop])
     d_all = np.asarray(pools.values[lo:hi], dtype=np.int64)
     flat = np.zeros(len(d_all), dtype=np.float32)
-    step = 1 << 16
+    step = 1 << 14  # a progress line per step at most; length-sorted chunks within it
+    progress = Progress(f"cross teacher {job.model} on queries [{job.start:,}, {job.stop:,})", len(d_all), "pairs")
     with torch.inference_mode(), autocast(device):
         for s in range(0, len(d_all), step):
             qs = [queries.get(int(i)) for i in q_of[s : s + step]]
             ds = [docs.get(int(d)) for d in d_all[s : s + step]]
             chunks = pair_chunks(qs, ds, special, job.batch_tokens)
             flat[s : s + len(qs)] = run_chunks(model.forward_pairs, chunks, len(qs), device)[:, 0].float().cpu().numpy()
+            progress.update(len(qs))
     np.save(f"{job.out}.npy", flat)
     return job.stop - job.start
 

@@ -25,6 +25,7 @@ from typing import Any, Optional, TypeVar
 from ranksweep.core import PrepareOptions, prepare
 from ranksweep.core.config import resolve_trial
 from ranksweep.core.preflight import check_inputs
+from ranksweep.core.progress import Progress
 
 from .spec import SpecError, Sweep
 
@@ -49,6 +50,13 @@ def peak_rss_mb() -> float:
 def _run_shard(fn: Callable[[Any], Any], item: Any) -> tuple[Any, str, str, float, float]:
     import ray
 
+    progress = logging.getLogger("ranksweep.core.progress")
+    if not progress.handlers:  # a Ray worker logs nothing below WARNING: the shard's progress lines reach the driver
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
     t0 = time.perf_counter()
     out = fn(item)
     return out, ray.get_runtime_context().get_node_id(), socket.gethostname(), time.perf_counter() - t0, peak_rss_mb()
@@ -74,6 +82,7 @@ class RayExecutor:
         index = {r: i for i, r in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
         pending, done_n, t0 = list(refs), 0, time.perf_counter()
+        progress = Progress(label, len(refs), "shards", every=0.0, log=logger)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=30)
             for r in ready:
@@ -83,8 +92,9 @@ class RayExecutor:
                 self.placements.append({"label": label, "shard": i, "node_id": node, "host": host, "seconds": seconds,
                                         "cpus": cpus, "gpus": gpus, "peak_rss_mb": peak_mb})
                 done_n += 1
+            progress.done = done_n
             if ready and (done_n == len(refs) or done_n % max(1, len(refs) // 10) == 0):
-                logger.info("%s: %d/%d shards done (%.0f s)", label, done_n, len(refs), time.perf_counter() - t0)
+                logger.info(progress.line())  # the stage across its shards, wherever they run: done/total, rate, ETA
             elif not ready:
                 logger.info("%s: %d/%d shards done, waiting for resources or workers (%.0f s)", label, done_n, len(refs),
                             time.perf_counter() - t0)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..executor import LOCAL
+from ..progress import Progress
 from ..models import BiEncoder, autocast, load_encoder, load_tokenizer, pinned_threads, resolve_device, resolve_model
 from .batching import SpecialTokens
 from .cache import stage
@@ -136,12 +137,14 @@ def embed_shard(job: EmbedShard) -> int:
     store = TokenStore.load(Path(job.tokens))
     special = SpecialTokens.of(tok)
     out = np.lib.format.open_memmap(f"{job.out}.npy", mode="w+", dtype=np.float16, shape=(job.stop - job.start, model.hidden_size))
-    step = 8192
+    step = 2048  # a progress line per step at most; length-sorted chunks within it
+    progress = Progress(f"encoding [{job.start:,}, {job.stop:,}) with {job.spec.model}", job.stop - job.start, "sequences")
     with torch.inference_mode(), autocast(device):
         for a in range(job.start, job.stop, step):
             b = min(a + step, job.stop)
             out[a - job.start : b - job.start] = model.encode([store.get(i) for i in range(a, b)], special, job.batch_tokens,
                                                               device).cpu().numpy()
+            progress.update(b - a)
     out.flush()
     return job.stop - job.start
 
