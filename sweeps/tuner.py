@@ -122,7 +122,36 @@ def build_tuner(sweep: Sweep, prepared: dict[str, str], tracking_uri: Optional[s
 
 
 def experiment_path(sweep: Sweep) -> str:
-    return str(Path(sweep.storage) / sweep.name) if "://" not in sweep.storage else f"{sweep.storage.rstrip('/')}/{sweep.name}"
+    """The sweep's folder in its storage; a URI keeps its query (``s3://b/p?endpoint_override=…`` → ``s3://b/p/name?…``)."""
+    if "://" not in sweep.storage:
+        return str(Path(sweep.storage) / sweep.name)
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(sweep.storage)
+    return urlunsplit(u._replace(path=f"{u.path.rstrip('/')}/{sweep.name}"))
+
+
+def check_storage_uri(uri: str) -> None:
+    """A storage URI (``s3://``, ``gs://``, ``file://``…) is reachable and writable, or a ``SpecError`` naming it.
+
+    pyarrow answers an unreachable endpoint, a missing bucket or absent credentials with an
+    ``OSError`` deep in Ray's first file call; here it is one line before any work. Credentials and
+    the endpoint come from the URI's query (``endpoint_override``, ``region``, ``scheme``) and the
+    usual AWS variables or instance role.
+    """
+    import tempfile
+
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        probe = f"{path.rstrip('/')}/.ranksweep-write-check-{os.getpid()}"
+        with tempfile.TemporaryDirectory() as tmp:  # written as Ray writes (copy_files: one PUT per small file)
+            Path(tmp, "ok").write_text("ok")
+            pyarrow.fs.copy_files(tmp, probe, destination_filesystem=fs)
+        fs.delete_dir(probe)
+    except (OSError, ValueError) as e:
+        raise SpecError(f"storage: cannot write to {uri}: {str(e).splitlines()[0][:300]}") from None
 
 
 def reachable_address(address: str, timeout: Optional[float] = None) -> str:
@@ -266,6 +295,8 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
     if sweep.fields.max_pending_trials:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(sweep.fields.max_pending_trials)
     path = experiment_path(sweep)
+    if "://" in sweep.storage:
+        check_storage_uri(sweep.storage)  # before Ray asks it anything: one line, not pyarrow's traceback
     if resume and not tune.Tuner.can_restore(path):
         raise SpecError(f"--resume: no sweep to resume at {path}")
     if not resume and tune.Tuner.can_restore(path):

@@ -91,12 +91,138 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class MlflowServer:
-    """A local ``mlflow server`` (SQLite store) in its own process group: started, killed and restarted on one port."""
+def _wait_for(check, what: str, timeout: float) -> None:
+    import time
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not start in {timeout:.0f} s")
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on a free loopback port (``initdb`` + ``pg_ctl``), run as the ``postgres`` user
+    when this process is root (``initdb`` refuses root), with one database ``mlflow``; ``uri`` is SQLAlchemy's."""
+
+    def __init__(self) -> None:
+        import shutil
+        import tempfile
+
+        # not under pytest's tmp_path: its folders are private to root, and the server runs as postgres
+        self.folder, self.port = Path(tempfile.mkdtemp(prefix="ranksweep-pg-")), free_port()
+        self.folder.chmod(0o755)
+        self.data, self.sock = self.folder / "data", self.folder / "sock"
+        self.uri = f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
+        bins = [shutil.which("initdb")] + sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        found = [b for b in bins if b]
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed (initdb not found): `apt-get install postgresql` (.ci/run does)")
+        self.bin = Path(found[0]).parent
+
+    def _as_postgres(self, *cmd: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+    def start(self) -> "Postgres":
+        import shutil
+        import subprocess
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.sock.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+            shutil.chown(self.sock, "postgres")
+        if not self.data.exists():
+            subprocess.run(self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust"),
+                           check=True, capture_output=True)
+        subprocess.run(self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"), "-w",
+                                         "-o", f"-p {self.port} -k {self.sock} -h 127.0.0.1", "start"), check=True, capture_output=True)
+        created = subprocess.run(self._as_postgres(str(self.bin / "createdb") if (self.bin / "createdb").exists() else "createdb",
+                                                   "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "mlflow"),
+                                 capture_output=True, text=True)
+        if created.returncode != 0 and "already exists" not in created.stderr:
+            raise RuntimeError(created.stderr)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        import subprocess
+
+        subprocess.run(self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop"), capture_output=True)
+
+    def remove(self) -> None:
+        import shutil
+
+        self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class S3Server:
+    """An S3 API on loopback (moto's server mode) in its own process group; ``storage(bucket)`` is a pyarrow URI for it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_EC2_METADATA_DISABLED": "true", "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+        self.proc = None
+
+    def start(self) -> "S3Server":
+        import subprocess
+        import sys
+        import urllib.request
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_for(lambda: urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1), "moto server", 60)
+        return self
+
+    def bucket(self, name: str) -> str:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket=name)
+        return name
+
+    def storage(self, bucket: str, prefix: str = "") -> str:
+        return f"s3://{bucket}/{prefix}?endpoint_override=127.0.0.1:{self.port}&scheme=http&region=us-east-1"
+
+    def keys(self, bucket: str) -> list[str]:
+        import boto3
+
+        c = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                         region_name="us-east-1")
+        return [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+
+class MlflowServer:
+    """A local ``mlflow server`` in its own process group: started, killed and restarted on one port.
+
+    Its store is SQLite in ``folder`` unless ``backend`` names another (a PostgreSQL URI); artifacts are
+    served by the server (``--artifacts-destination``: a folder, or an ``s3://`` bucket with ``env``).
+    """
+
+    def __init__(self, folder: Path, port: int | None = None, backend: str | None = None, artifacts: str | None = None,
+                 env: dict | None = None) -> None:
         self.folder, self.port = Path(folder), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.backend = backend or f"sqlite:///{self.folder}/server.db"
+        self.artifacts = artifacts or str(self.folder / "artifacts")
+        self.env = env or {}
         self.proc = None
 
     def start(self, timeout: float = 90) -> "MlflowServer":
@@ -105,10 +231,10 @@ class MlflowServer:
         import time
         import urllib.request
 
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.env)
         self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
-                                      "--default-artifact-root", str(self.folder / "artifacts")],
+                                      "--workers", "1", "--backend-store-uri", self.backend, "--serve-artifacts",
+                                      "--artifacts-destination", self.artifacts],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
