@@ -217,12 +217,13 @@ class MlflowServer:
     """
 
     def __init__(self, folder: Path, port: int | None = None, backend: str | None = None, artifacts: str | None = None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, flags: dict | None = None) -> None:
         self.folder, self.port = Path(folder), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.backend = backend or f"sqlite:///{self.folder}/server.db"
         self.artifacts = artifacts or str(self.folder / "artifacts")
         self.env = env or {}
+        self.flags = {"--workers": "1", "--serve-artifacts": None, **(flags or {})}  # a flag without a value: None
         self.proc = None
 
     def start(self, timeout: float = 90) -> "MlflowServer":
@@ -232,9 +233,10 @@ class MlflowServer:
         import urllib.request
 
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--workers", "1", "--backend-store-uri", self.backend, "--serve-artifacts",
-                                      "--artifacts-destination", self.artifacts],
+        flags = {**self.flags, "--host": "127.0.0.1", "--port": str(self.port), "--backend-store-uri": self.backend,
+                 "--artifacts-destination": self.artifacts}
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server",
+                                      *[x for k, v in flags.items() for x in ((k,) if v is None else (k, v))]],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,9 +18,26 @@ import time
 
 import pytest
 import yaml
-from conftest import MlflowServer, Postgres, S3Server, fast_config
+from conftest import REPO, MlflowServer, Postgres, S3Server, fast_config
 
 pytestmark = pytest.mark.ray
+
+
+def cluster_mlflow_flags() -> dict:
+    """The flags of the ``mlflow server`` that ``cluster.yaml`` starts on the head (its store and artifacts checked)."""
+    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    line = next(c for c in cfg["head_setup_commands"] if "mlflow server" in c)
+    words = shlex.split(line.split(">", 1)[0])
+    words = words[words.index("server") + 1:]
+    flags, i = {}, 0
+    while i < len(words):
+        if i + 1 < len(words) and not words[i + 1].startswith("--"):
+            flags[words[i]], i = words[i + 1], i + 2
+        else:
+            flags[words[i]], i = None, i + 1
+    assert flags["--backend-store-uri"].startswith("postgresql://") and flags["--artifacts-destination"].startswith("s3://")
+    assert "--serve-artifacts" in flags  # clients write artifacts through the server: workers need no S3 keys for MLflow
+    return {k: v for k, v in flags.items() if k not in ("--host", "--port", "--backend-store-uri", "--artifacts-destination")}
 
 
 @pytest.fixture
@@ -28,7 +46,8 @@ def services(tmp_path):
     s3 = S3Server().start()
     s3.bucket("mlflow")
     s3.bucket("sweeps")
-    server = MlflowServer(tmp_path / "mlflow", backend=pg.uri, artifacts="s3://mlflow/artifacts", env=s3.env).start()
+    server = MlflowServer(tmp_path / "mlflow", backend=pg.uri, artifacts="s3://mlflow/artifacts", env=s3.env,
+                          flags=cluster_mlflow_flags()).start()  # the server cluster.yaml starts, on loopback
     try:
         yield pg, s3, server
     finally:

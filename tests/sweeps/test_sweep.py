@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, MlflowServer, fast_config
+from conftest import REPO, MlflowServer, S3Server, fast_config
 
 pytestmark = pytest.mark.ray
 
@@ -178,8 +178,18 @@ def test_driver_killed_after_the_first_rung_resumes_with_the_same_asha_decisions
     assert replayed.decisions == live and not replayed.beyond_record
     assert {c.cell["loss"]: replayed.docs[c.trial_id] for c in curves.trials} == reference
 
-    spec = _tiny_sweep(tmp_path, tiny_model, uri, losses, budget=128, scheduler=asha, name="killed")
-    proc = _cli("run", str(spec), start_new_session=True)
+    # the killed sweep keeps its Ray storage on an S3 API (moto on loopback): the resume reads it from there
+    s3 = S3Server().start()
+    try:
+        _killed_and_resumed_on_s3(tmp_path, tiny_model, uri, losses, asha, reference, s3)
+    finally:
+        s3.stop()
+
+
+def _killed_and_resumed_on_s3(tmp_path, tiny_model, uri, losses, asha, reference, s3):
+    spec = _tiny_sweep(tmp_path, tiny_model, uri, losses, budget=128, scheduler=asha, name="killed",
+                       storage=s3.storage(s3.bucket("sweeps"), "ray"))
+    proc = _cli("run", str(spec), start_new_session=True, env=s3.env)
     deadline = time.time() + 400
     killed = False
     while time.time() < deadline and proc.poll() is None:
@@ -198,9 +208,10 @@ def test_driver_killed_after_the_first_rung_resumes_with_the_same_asha_decisions
     assert killed, "the sweep finished before it could be killed mid-way"
     _, _, before = _runs(uri, "tiny")
     finished_before = {r.data.tags["ranksweep.trial_id"]: r.info.run_id for r in before if r.info.status == "FINISHED"}
-    out = _cli("run", str(spec), "--resume")
+    out = _cli("run", str(spec), "--resume", env=s3.env)
     log, _ = out.communicate(timeout=600)
     assert out.returncode == 0, log[-3000:]
+    assert any(k.startswith("ray/killed/experiment_state") for k in s3.keys("sweeps"))
     # the resumed scheduler made the decisions the uninterrupted one made (Tuner.restore alone forgets its rungs)
     assert _final_docs(uri, "tiny", "killed") == reference
     assert set(reference.values()) != {128.0}, "ASHA stopped no trial: the comparison shows nothing"
