@@ -424,6 +424,21 @@ def _validate(c: TrialConfig) -> None:
     _need(o.batch_size >= 1, "optim.batch_size", f"must be >= 1, got {o.batch_size}")
     _need(o.grad_accum >= 1, "optim.grad_accum", f"must be >= 1, got {o.grad_accum}")
     _need(0.0 <= o.warmup_fraction < 1.0, "optim.warmup_fraction", f"must be in [0, 1), got {o.warmup_fraction}")
+    _need(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _need(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm",
+          f"must be > 0 (or null: no clipping), got {o.max_grad_norm}")
+    _need(c.seed >= 0, "seed", f"must be >= 0, got {c.seed}")
+    _need(c.student.scale is None or c.student.scale > 0, "student.scale", f"must be > 0 (or null: the default), got {c.student.scale}")
+    _need(c.augment.in_batch_weight > 0, "augment.in_batch_weight", f"must be > 0, got {c.augment.in_batch_weight}")
+    _need(c.eval.dev_depth >= 1 and c.eval.depth >= 1, "eval.dev_depth" if c.eval.dev_depth < 1 else "eval.depth",
+          f"must be >= 1, got {c.eval.dev_depth if c.eval.dev_depth < 1 else c.eval.depth}")
+    _need(c.eval.batch_tokens >= c.data.max_query_length + c.data.max_doc_length, "eval.batch_tokens",
+          f"{c.eval.batch_tokens} tokens cannot hold one query and one passage "
+          f"({c.data.max_query_length} + {c.data.max_doc_length} tokens)")
+    _need(c.data.eval_max_queries is None or c.data.eval_max_queries >= 1, "data.eval_max_queries",
+          f"must be >= 1 (or null: every judged query), got {c.data.eval_max_queries}")
+    _need(c.candidates.random_pool >= 1 and c.candidates.bm25_depth >= 1, "candidates.random_pool" if c.candidates.random_pool < 1
+          else "candidates.bm25_depth", "must be >= 1")
     _need(0.0 < c.eval.diameter_alpha <= 1.0, "eval.diameter_alpha", f"must be in (0, 1], got {c.eval.diameter_alpha}")
     _need(c.eval.probe_queries >= 1, "eval.probe_queries", "must be >= 1")
     _need(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device",
@@ -447,6 +462,7 @@ def _validate(c: TrialConfig) -> None:
 def _validate_teacher(t: TeacherConfig, path: str) -> None:
     if t.kind not in TEACHER_KINDS:
         raise ConfigError(f"{path}.kind: " + unknown_name_message("teacher kind", t.kind, list(TEACHER_KINDS)))
+    _need(t.weight > 0, f"{path}.weight", f"must be > 0, got {t.weight}")
     if t.kind in ("bi", "cross"):
         _need(bool(t.model), f"{path}.model", f"a {t.kind} teacher needs a model path or name")
     if t.kind == "file":

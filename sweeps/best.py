@@ -28,10 +28,25 @@ def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: 
     (default: the latest sweep of the experiment).
     """
 
+    if top < 1:
+        raise ValueError(f"--top must be at least 1, got {top}")
     reader = SweepReader(tracking_uri, experiment, sweep)
-    counted = count_trials(reader.trials(filter=filter))
+    trials = reader.trials(filter=filter)
+    if not trials:  # asked for something no trial has: said, not an empty table
+        raise ValueError(f"no trial of sweep {reader.name!r} matches the filter {filter!r}" if filter
+                         else f"sweep {reader.name!r} has no trial runs yet")
+    counted = count_trials(trials)
     runs = counted.full + (counted.stopped if include_stopped else [])
     values = {r.run_id: r.metrics[metric] for r in runs if metric in r.metrics}
+    if runs and not values:
+        known = sorted({k for r in runs for k in r.metrics})
+        raise ValueError(f"no trial of sweep {reader.name!r} recorded {metric!r} (known metrics: {known})")
+    if group_by:
+        known_axes = sorted({k for r in trials for k in r.cell} | {k for r in trials for k in r.params if not k.startswith("axis.")})
+        unknown = [g for g in group_by if ALIASES.get(g, g) not in known_axes]
+        if unknown:
+            raise ValueError(f"--group-by {','.join(unknown)}: not an axis or config key of sweep {reader.name!r} "
+                             f"(its axes: {sorted({k for r in trials for k in r.cell})}; short names: {sorted(ALIASES)})")
     step = None
     if include_stopped and counted.stopped:
         step, values = reader.values_at_common_step(runs, metric)

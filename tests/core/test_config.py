@@ -58,6 +58,18 @@ def test_shorthands():
         ({"student": {"pooling": "max"}}, "student.pooling", "not one of"),
         ({"data": {"eval": ["beir/scifact/train"]}}, "data.eval[0]", "is the training collection"),
         ({"eval": {"dev_depth": 200}}, "eval.dev_depth", "exceeds candidates.bm25_depth"),
+        # values that were accepted although they cannot mean anything
+        ({"optim": {"weight_decay": -0.1}}, "optim.weight_decay", "must be >= 0"),
+        ({"optim": {"max_grad_norm": 0}}, "optim.max_grad_norm", "or null: no clipping"),
+        ({"seed": -1}, "seed", "must be >= 0"),
+        ({"student": {"scale": 0}}, "student.scale", "must be > 0"),
+        ({"augment": {"in_batch_weight": -1}}, "augment.in_batch_weight", "must be > 0"),
+        ({"eval": {"dev_depth": 0}}, "eval.dev_depth", "must be >= 1"),
+        ({"eval": {"depth": 0}}, "eval.depth", "must be >= 1"),
+        ({"eval": {"batch_tokens": 100}}, "eval.batch_tokens", "cannot hold one query and one passage"),
+        ({"data": {"eval_max_queries": 0}}, "data.eval_max_queries", "must be >= 1"),
+        ({"candidates": {"random_pool": 0}}, "candidates.random_pool", "must be >= 1"),
+        ({"teacher": {"kind": "ensemble", "members": [{"kind": "bm25", "weight": -1}]}}, "teacher.members[0].weight", "must be > 0"),
     ],
 )
 def test_errors_name_the_field(d, field, words):

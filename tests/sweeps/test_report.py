@@ -275,3 +275,25 @@ def test_report_cli_writes_the_report_and_names_bad_input(grid, tmp_path):
     bad = _cli("--experiment", "grid", "--tracking-uri", uri, "--out", str(tmp_path / "x"), "--metric", "test/nDCG@10")
     assert bad.returncode == 2 and "no finished trial has metric 'test/nDCG@10'" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--metric", "dev/nDCG@11"], "no trial of sweep 'grid' recorded 'dev/nDCG@11' (known metrics: ["),
+    (["--filter", "params.`axis.loss` = 'zzz'"], "no trial of sweep 'grid' matches the filter \"params.`axis.loss` = 'zzz'\""),
+    (["--group-by", "sampler,nosuchaxis"], "--group-by nosuchaxis: not an axis or config key of sweep 'grid'"),
+    (["--top", "0"], "--top must be at least 1, got 0"),
+    (["--experiment", "nope"], "MLflow experiment 'nope' not found"),
+    (["--sweep", "nope"], "no sweep named 'nope'"),
+])
+def test_best_asked_for_what_no_trial_has_exits_2_with_one_line(grid, args, says):
+    """Each question ``best`` cannot answer gets one line and exit 2, never an empty table and exit 0."""
+    uri, _ = grid
+    base = {"--experiment": "grid", "--tracking-uri": uri}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    out = subprocess.run([sys.executable, "-m", "ranksweep.sweeps.cli", "best", *[x for kv in base.items() for x in kv]],
+                         capture_output=True, text=True, timeout=300)
+    lines = [x for x in out.stderr.splitlines() if x.strip() and " INFO " not in x]
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("ranksweep best: "), out.stderr[-2000:]
+    assert says in lines[0], lines[0]
+    assert out.stdout == ""
