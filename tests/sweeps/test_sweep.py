@@ -271,8 +271,8 @@ def test_ctrl_c_says_the_sweep_is_interrupted_exits_130_and_resume_finishes_it_w
     import re
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    losses = ["kl", "lce", "margin_mse", "ranknet"]
-    spec = _tiny_sweep(tmp_path, tiny_model, uri, losses, budget=128, name="ctrlc")
+    losses = ["kl", "lce", "ranknet"]
+    spec = _tiny_sweep(tmp_path, tiny_model, uri, losses, budget=96, name="ctrlc")
     proc = _cli("run", str(spec), start_new_session=True)
     deadline, sent = time.time() + 400, False
     while time.time() < deadline and proc.poll() is None:
@@ -287,10 +287,10 @@ def test_ctrl_c_says_the_sweep_is_interrupted_exits_130_and_resume_finishes_it_w
     log, _ = proc.communicate(timeout=180)
     assert sent, "the sweep finished before it could be interrupted"
     assert proc.returncode == 130, log[-3000:]
-    m = re.search(r"sweep 'ctrlc' interrupted by SIGINT: (\d+) of 4 trials finished, (\d+) running .*?, (\d+) pending, 0 failed", log)
+    m = re.search(r"sweep 'ctrlc' interrupted by SIGINT: (\d+) of 3 trials finished, (\d+) running .*?, (\d+) pending, 0 failed", log)
     assert m, log[-3000:]
     finished, running, pending = map(int, m.groups())
-    assert finished >= 1 and running == 1 and finished + running + pending == 4
+    assert finished >= 1 and running == 1 and finished + running + pending == 3
     assert f"to continue it: ranksweep run {spec} --resume" in log
     assert "best settings by" not in log and "Tuner.restore" not in log and "Traceback" not in log
     parent, mine = _mine(uri, "ctrlc")
@@ -308,8 +308,8 @@ def test_ctrl_c_says_the_sweep_is_interrupted_exits_130_and_resume_finishes_it_w
     trial_ids = [r.data.tags["ranksweep.trial_id"] for r in mine]
     assert len(trial_ids) == len(set(trial_ids)) == len(losses)  # none lost, none duplicated
     for r in mine:
-        assert r.info.status == "FINISHED" and r.data.metrics["docs_seen"] == 128
+        assert r.info.status == "FINISHED" and r.data.metrics["docs_seen"] == 96
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "docs_seen")]
-        assert steps == sorted(set(steps)) and steps[-1] == 128  # every evaluation once
+        assert steps == sorted(set(steps)) and steps[-1] == 96  # every evaluation once
         if r.data.tags["ranksweep.trial_id"] in finished_before:  # never rerun
             assert r.info.run_id == finished_before[r.data.tags["ranksweep.trial_id"]]
