@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 from pathlib import Path
@@ -51,3 +52,7 @@ def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: lis
 
     trial.report = report
     trial.run()
+    # collect the trial's object graph (model, optimizer, memory maps, indexes) now, while the function still runs,
+    # not while Ray tears the actor down: a weakref callback interrupted by that teardown printed a traceback
+    del trial, report
+    gc.collect()
