@@ -146,6 +146,7 @@ def check_storage_uri(uri: str) -> None:
     try:
         fs, path = pyarrow.fs.FileSystem.from_uri(uri)
         probe = f"{path.rstrip('/')}/.ranksweep-write-check-{os.getpid()}"
+        fs.create_dir(probe, recursive=True)  # a local folder (file://) is made as Ray makes it
         with tempfile.TemporaryDirectory() as tmp:  # written as Ray writes (copy_files: one PUT per small file)
             Path(tmp, "ok").write_text("ok")
             pyarrow.fs.copy_files(tmp, probe, destination_filesystem=fs)
