@@ -29,8 +29,9 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         rate = self.done / elapsed
+        speed = f"{rate:,.1f}/s" if rate >= 1 or self.done == 0 else f"{60 * rate:,.1f}/min"  # shards of minutes each
         eta = f", ETA {_duration((self.total - self.done) / rate)}" if 0 < self.done < self.total else ""
-        return f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({rate:,.1f}/s, {_duration(elapsed)}{eta})"
+        return f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({speed}, {_duration(elapsed)}{eta})"
 
     def update(self, n: int = 1) -> None:
         self.done += n

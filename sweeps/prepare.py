@@ -96,8 +96,8 @@ class RayExecutor:
             if ready and (done_n == len(refs) or done_n % max(1, len(refs) // 10) == 0):
                 logger.info(progress.line())  # the stage across its shards, wherever they run: done/total, rate, ETA
             elif not ready:
-                logger.info("%s: %d/%d shards done, waiting for resources or workers (%.0f s)", label, done_n, len(refs),
-                            time.perf_counter() - t0)
+                logger.info("%s: %d/%d shards done, the others running or waiting for resources (%.0f s)", label, done_n,
+                            len(refs), time.perf_counter() - t0)
         return results
 
 
