@@ -59,9 +59,10 @@ class Resumable(TrialScheduler):
         self._events: Optional[dict[str, list[dict]]] = None  # the journal as found, by trial
         self._replayed: set[str] = set()
         self._forced: dict[str, str] = {}
+        self._completed: set[str] = set()  # completed in the journal: the scheduler let go of them
 
     def __getstate__(self) -> dict:  # pickled with the Tuner: the journal is read again after a restore
-        return {"inner": self.inner, "journal": self.journal, "_events": None, "_replayed": set(), "_forced": {}}
+        return {"inner": self.inner, "journal": self.journal, "_events": None, "_replayed": set(), "_forced": {}, "_completed": set()}
 
     # -- the journal -------------------------------------------------------------------------------
     def start_fresh(self) -> None:
@@ -103,6 +104,7 @@ class Resumable(TrialScheduler):
                 last = e["decision"]
             elif e["event"] == "complete":
                 self.inner.on_trial_complete(tune_controller, trial, e["result"])
+                self._completed.add(trial.trial_id)
                 last = "COMPLETE"
         if last == TrialScheduler.STOP:  # decided, not yet carried out when the driver stopped
             self._forced[trial.trial_id] = TrialScheduler.STOP
@@ -129,12 +131,18 @@ class Resumable(TrialScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._replay(tune_controller, trial)
+        if trial.trial_id in self._completed:
+            # the journal saw it end, but Tune's state (synced to storage less often than the journal is written,
+            # an S3 bucket especially) resumed it: it is done, and the inner scheduler no longer knows it
+            return TrialScheduler.STOP
         decision = self._forced.pop(trial.trial_id, None) or self.inner.on_trial_result(tune_controller, trial, result)
         self._append({"trial": trial.trial_id, "event": "result", "result": _slim(result), "decision": decision})
         return decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._replay(tune_controller, trial)
+        if trial.trial_id in self._completed:
+            return  # completed once already (see on_trial_result)
         self.inner.on_trial_complete(tune_controller, trial, result)
         self._append({"trial": trial.trial_id, "event": "complete", "result": _slim(result or {})})
 
