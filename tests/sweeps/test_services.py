@@ -42,13 +42,15 @@ def cluster_mlflow_flags() -> dict:
 
 @pytest.fixture
 def services(tmp_path):
-    pg = Postgres().start()
-    s3 = S3Server().start()
-    s3.bucket("mlflow")
-    s3.bucket("sweeps")
+    pg, s3 = Postgres(), S3Server()
     server = MlflowServer(tmp_path / "mlflow", backend=pg.uri, artifacts="s3://mlflow/artifacts", env=s3.env,
-                          flags=cluster_mlflow_flags()).start()  # the server cluster.yaml starts, on loopback
-    try:
+                          flags=cluster_mlflow_flags())  # the server cluster.yaml starts, on loopback
+    try:  # whatever started is stopped, also when a later start fails
+        pg.start()
+        s3.start()
+        s3.bucket("mlflow")
+        s3.bucket("sweeps")
+        server.start()
         yield pg, s3, server
     finally:
         server.stop()
