@@ -1,7 +1,7 @@
 """Every input a trial needs, checked before any stage is built: one line naming the problem, not minutes later.
 
-A trial reads collections (the training one and every evaluation one), models (the student, every
-model teacher) and teacher files. Each is opened here and its first records are parsed, so that a
+A trial reads collections (the training one and every evaluation one) and models (the student, every
+model teacher); teacher files are checked with the config. Each is opened here and its first records are parsed, so that a
 missing model, an unreadable corpus or a malformed first line is refused before BM25, teacher
 scoring or training cost anything. A parse error further into a file is found when its corpus is
 stored, which preparation does for every collection before the first expensive stage, and it names
@@ -11,14 +11,13 @@ stored, which preparation does for every collection before the first expensive s
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Iterable, Optional
 
 from .config import TeacherConfig, TrialConfig
-from .data.collections import DatasetError, _parse_local
+from .data.collections import DatasetError, _parse_local, _read_jsonl
 from .errors import ConfigError
 from .models import resolve_model
 
@@ -59,26 +58,12 @@ def teacher_models(t: TeacherConfig, where: str = "teacher") -> Iterable[tuple[s
         yield from teacher_models(m, f"{where}.members[{i}]")
 
 
-def check_teacher_files(t: TeacherConfig, where: str = "teacher") -> None:
-    if t.kind == "file" and t.path and not Path(t.path).expanduser().is_file():
-        raise ConfigError(f"{where}.path: no such file: {t.path}")
-    for i, m in enumerate(t.members):
-        check_teacher_files(m, f"{where}.members[{i}]")
-
-
-def _first_lines(path: Path, n: int) -> None:
-    """Parse the first ``n`` JSON lines of ``path``; each needs an ``_id``."""
+def _first_records(path: Path, n: int) -> None:
+    """The first ``n`` records of a JSON-lines file parse (``file:line`` named as the full read names it) and have an ``_id``."""
     try:
-        with path.open() as f:
-            for line_no, line in enumerate(itertools.islice(f, n), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"{path}:{line_no}: malformed JSON line ({e.msg})") from None
-                if not isinstance(rec, dict) or "_id" not in rec:
-                    raise DatasetError(f"{path}:{line_no}: a record without '_id'")
+        for line_no, rec in enumerate(itertools.islice(_read_jsonl(path), n), start=1):
+            if not isinstance(rec, dict) or "_id" not in rec:
+                raise DatasetError(f"{path}: record {line_no} has no '_id'")
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot be read ({e})") from None
 
@@ -88,7 +73,7 @@ def check_collection(dataset_id: str, where: str, records: int = FIRST_RECORDS) 
     if dataset_id.startswith("local:"):
         folder, _ = _parse_local(dataset_id)
         for f in ("corpus.jsonl", "queries.jsonl"):
-            _first_lines(folder / f, records)
+            _first_records(folder / f, records)
         return
     import ir_datasets
 
@@ -109,16 +94,31 @@ def check_collection(dataset_id: str, where: str, records: int = FIRST_RECORDS) 
         logging.disable(level)
 
 
-def check_inputs(cfg: TrialConfig, students: Optional[Iterable[str]] = None) -> None:
-    """Every collection, model and teacher file ``cfg`` needs (and each model of ``students``), before any work."""
-    check_collection(cfg.data.train, "data.train")
+def inputs_of(cfg: TrialConfig, students: Optional[Iterable[str]] = None) -> tuple[dict[str, str], dict[str, str]]:
+    """``({dataset id: config path}, {model: config path})`` that ``cfg`` (and each model of ``students``) reads."""
+    collections = {cfg.data.train: "data.train"}
     for i, did in enumerate(cfg.data.eval):
-        check_collection(did, f"data.eval[{i}]")
+        collections.setdefault(did, f"data.eval[{i}]")
     models = {cfg.student.model: "student.model"}
     for m in students or ():
         models.setdefault(m, "student.model (a value of the space)")
     for m, where in teacher_models(cfg.teacher):
         models.setdefault(m, where)
+    return collections, models
+
+
+def check_inputs(*cfgs: TrialConfig, students: Optional[Iterable[str]] = None) -> None:
+    """Every collection and model the configs need, each checked once, before any work (teacher files are the
+    config's own check: ``teacher.path`` must exist)."""
+    collections: dict[str, str] = {}
+    models: dict[str, str] = {}
+    for cfg in cfgs:
+        c, m = inputs_of(cfg, students)
+        for k, v in c.items():
+            collections.setdefault(k, v)
+        for k, v in m.items():
+            models.setdefault(k, v)
+    for did, where in collections.items():
+        check_collection(did, where)
     for m, where in models.items():
         check_model(m, where)
-    check_teacher_files(cfg.teacher)

@@ -66,7 +66,7 @@ def main_trial(args: list[str]) -> int:
     from ranksweep.core.preflight import check_inputs
 
     try:
-        check_inputs(cfg)  # every collection, model and teacher file, before any stage is built
+        check_inputs(cfg)  # every collection and model, before any stage is built
         final = run_trial(cfg, report=report)
     except (ConfigError, DatasetError, TeacherError, CacheError) as e:  # bad input or an unusable cache: finished files stay
         print(f"ranksweep trial: {e}", file=sys.stderr)

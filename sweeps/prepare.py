@@ -144,8 +144,7 @@ def check_sweep_inputs(sweep: Sweep) -> None:
     """Every collection, model and teacher file of every data configuration (and every student of the space),
     opened and parsed as far as its first records before Ray starts or any stage is built."""
     students = {v for a in sweep.space.axes if a.key == "student.model" and a.categorical for v in a.values}
-    for c in data_combos(sweep):
-        check_inputs(resolve_trial(sweep.base, c), students)
+    check_inputs(*(resolve_trial(sweep.base, c) for c in data_combos(sweep)), students=students)
 
 
 def prepare_shared(sweep: Sweep, executor: Optional[Any] = None) -> dict[str, str]:

@@ -212,11 +212,16 @@ class MLflowWriter:
             with self._lock:
                 return self.parent_id is not None and not any(t.results or (t.end is not None and not t.done)
                                                               for t in self._trials.values())
+        return self._wait_until(drained, timeout)
+
+    def _wait_until(self, done, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while not drained() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if done():
+                return True
             self._wake.set()
             time.sleep(0.2)
-        return drained()
+        return done()
 
     def waiting(self) -> tuple[int, int]:
         """``(results, trials)`` still to be written."""
@@ -230,13 +235,7 @@ class MLflowWriter:
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything recorded is written, at most ``timeout`` seconds; True when it is."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.idle():
-                return True
-            self._wake.set()
-            time.sleep(0.2)
-        return self.idle()
+        return self._wait_until(self.idle, timeout)
 
     # -- the writer thread ---------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -180,21 +180,21 @@ class S3Server:
         _wait_for(lambda: urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1), "moto server", 60)
         return self
 
-    def bucket(self, name: str) -> str:
+    def client(self):
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                     region_name="us-east-1").create_bucket(Bucket=name)
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                            region_name="us-east-1")
+
+    def bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
         return name
 
     def storage(self, bucket: str, prefix: str = "") -> str:
         return f"s3://{bucket}/{prefix}?endpoint_override=127.0.0.1:{self.port}&scheme=http&region=us-east-1"
 
     def keys(self, bucket: str) -> list[str]:
-        import boto3
-
-        c = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                         region_name="us-east-1")
+        c = self.client()
         return [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])]
 
     def stop(self) -> None:
