@@ -57,6 +57,22 @@ class DataConfig:
     cache_dir: Optional[str] = _help("shared cache (candidates, teacher scores, tokens); default $RANKSWEEP_CACHE or ~/.cache/ranksweep", default=None)
 
 
+FILE_FORMATS = ("auto", "json", "trec", "sbert", "pickle", "tsv", "jsonl", "colbert")
+
+
+@dataclass(frozen=True)
+class ImportedCandidates:
+    path: str = _help("negatives file: sentence-transformers hard negatives, TREC run, Hofstätter TSV, Tevatron/FlagEmbedding JSONL, "
+                      "ColBERT examples")
+    format: Literal[FILE_FORMATS] = _help("file format; auto: detected from the content", default="auto")  # type: ignore[valid-type]
+    systems: tuple[str, ...] = _help("systems whose negatives are drawn (sbert: e.g. [bm25, msmarco-distilbert-base-tas-b]); "
+                                     "empty: every system of the file", default=())
+    per_system: Optional[int] = _help("the first N negatives of each system (after the margin filter); null: all", default=None)
+    teacher_margin: Optional[float] = _help("keep a negative only if the teacher scores it below min(positive scores) - margin "
+                                            "(sentence-transformers' ce_score_margin); null: no filter", default=None)
+    on_unknown: Literal["error", "skip"] = _help("ids the collection lacks: an error, or counted and skipped", default="error")
+
+
 @dataclass(frozen=True)
 class CandidateConfig:
     bm25_depth: int = _help("BM25 candidates kept per query", default=100)
@@ -64,11 +80,12 @@ class CandidateConfig:
     dense_model: str = _help("bi-encoder used for dense candidates ('minilm' = all-MiniLM-L6-v2)", default="minilm")
     random_pool: int = _help("uniformly drawn documents per training query for the random sampler", default=100)
     seed: int = _help("seed of the random pool", default=0)
+    imported: Optional[ImportedCandidates] = _help("negatives imported from a file, drawn by the 'imported' sampler", default=None)
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    name: str = _help("random | bm25 | dense | ensemble | teacher", default="bm25")
+    name: str = _help("random | bm25 | dense | ensemble | teacher | imported", default="bm25")
     depth: tuple[int, int] = _help("[lo, hi) rank range negatives are drawn from (bm25/dense/ensemble; teacher only without hardest_first)", default=(0, 100))
     skip_top: int = _help("teacher sampler: ranks skipped at the top against false negatives", default=0)
     hardest_first: bool = _help("teacher sampler: take the hardest negatives in order instead of sampling the range", default=True)
@@ -81,9 +98,13 @@ class TeacherConfig:
     model: Optional[str] = _help("HF model path or name for bi/cross ('minilm' = all-MiniLM-L6-v2)", default=None)
     pooling: Literal["cls", "mean"] = _help("bi teacher pooling", default="mean")
     similarity: Literal["dot", "cos"] = _help("bi teacher similarity", default="cos")
-    path: Optional[str] = _help("file teacher: gzipped JSON {qid: {docid: score}} or TREC run", default=None)
-    format: Literal["auto", "json", "trec"] = _help("file teacher format", default="auto")
+    path: Optional[str] = _help("file teacher: scores in any imported format (JSON {qid: {docid: score}}, TREC run, cross-encoder "
+                                "score pickle, sbert hard negatives with ce-score, Hofstätter TSV, Tevatron/FlagEmbedding JSONL, "
+                                "ColBERT examples)", default=None)
+    format: Literal[FILE_FORMATS] = _help("file teacher format; auto: detected from the content", default="auto")  # type: ignore[valid-type]
     on_missing: Literal["error", "drop"] = _help("file teacher: pairs absent from the file", default="error")
+    on_unknown: Literal["error", "skip"] = _help("file teacher: ids the collection lacks: an error, or counted and skipped",
+                                                 default="error")
     members: tuple["TeacherConfig", ...] = _help(
         "ensemble members, each a teacher with a weight (the default teacher: minilm bi + bm25, weight 1 each)", default=())
     weight: float = _help("weight inside an ensemble", default=1.0)
@@ -401,6 +422,15 @@ def _validate(c: TrialConfig) -> None:
             raise ConfigError(f"loss[{i}].params: {e}") from None
         if LOSSES[term.name].needs_teacher and c.teacher.kind == "none":
             raise ConfigError(f"loss[{i}].name: loss {term.name!r} needs teacher scores but teacher.kind is 'none'")
+    imp = c.candidates.imported
+    if c.sampler.name == "imported" and imp is None:
+        raise ConfigError("sampler.name: the 'imported' sampler draws from candidates.imported, which is not set "
+                          "(candidates.imported: {path: FILE})")
+    if imp is not None:
+        _need(Path(imp.path).exists(), "candidates.imported.path", f"file not found: {imp.path}")
+        _need(imp.per_system is None or imp.per_system >= 1, "candidates.imported.per_system", f"must be >= 1, got {imp.per_system}")
+        _need(imp.teacher_margin is None or c.teacher.kind != "none", "candidates.imported.teacher_margin",
+              "the margin filter needs a teacher (teacher.kind is 'none')")
     if c.sampler.name == "teacher" and c.teacher.kind == "none":
         raise ConfigError("sampler.name: the 'teacher' sampler needs a teacher (teacher.kind is 'none')")
     lo, hi = c.sampler.depth

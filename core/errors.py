@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A trial configuration value is invalid; the message names the field."""
+
+
+class TeacherError(ValueError):
+    """Teacher scores or imported candidates are missing or malformed; the message names the file (and line)."""

@@ -42,6 +42,7 @@ from .config import TrialConfig
 from .data.bm25 import bm25_candidates, bm25_index
 from .data.cache import cache_root, key_hash, stage
 from .data.candidates import Candidates, EncoderSpec, dense_candidates
+from .data.imports import ImportedTable, candidate_lists, import_table
 from .data.collections import Collection, QuerySet, _parse_local, file_stat_key, load_collection, query_set, sample_queries, split_train_dev
 from .data.samplers import SAMPLERS, SamplingPools, random_pools, teacher_order, without
 from .data.store import Ragged, TextStore
@@ -49,7 +50,7 @@ from .data.tokens import TokenStore, doc_tokens, query_tokens, tokenizer_key
 from .executor import LOCAL, Executor
 from .metrics import evaluate
 from .models import load_tokenizer
-from .teachers import ScoreTable, ScoringContext, TeacherError, TeacherScores, rerank_run, teacher_key, teacher_scores
+from .teachers import ScoreTable, ScoringContext, TeacherError, TeacherScores, file_digest, rerank_run, teacher_key, teacher_scores
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class Prepared:
         if missing:
             raise NotPrepared(f"sampler {cfg.sampler.name!r} needs candidate component(s) {missing} that were not prepared "
                               f"(prepared: {sorted(self.components)}); prepare with every sampler of the sweep")
+        if cfg.sampler.name == "imported" and self.pools.imported is None:
+            raise NotPrepared("sampler 'imported' needs candidates.imported, which this preparation did not import")
         if cfg.sampler.name == "teacher" and self.pools.teacher is None:
             raise NotPrepared("sampler 'teacher' needs the teacher's order of the BM25 pool, which was not prepared")
         if key_hash(teacher_key(cfg.teacher, self.root)) != self.manifest["teacher"]:
@@ -230,12 +233,42 @@ def positives_of(col: Collection, qids: Sequence[str], docs: TextStore) -> Ragge
     return Ragged.from_rows([np.unique(np.asarray(r, dtype=np.int64)) for r in rows])
 
 
+def _reads_files(t) -> bool:
+    return t.kind == "file" or any(m.kind == "file" for m in t.members)
+
+
+def imported_negatives(table: ImportedTable, imp, positives: Ragged, teacher: Optional[TeacherScores]) -> Ragged:
+    """The ``imported`` sampler's lists: the chosen systems' negatives, margin-filtered, ``per_system`` of each, merged by rank.
+
+    The filter (sentence-transformers' ``ce_score_margin``, as the seed code of arXiv 2505.21058 applies it): a
+    negative is kept only if the teacher scores it at most ``min(teacher scores of the query's positives) - margin``;
+    a query without a scored positive keeps no negative (its groups are filled from the random pool, counted).
+    """
+    keep = None
+    if imp.teacher_margin is not None:
+        def keep(row: int, docs: np.ndarray) -> np.ndarray:
+            pos = positives.row(row)
+            ps = teacher.lookup([row], pos[None, :].astype(np.int64))[0] if len(pos) else np.zeros(0, np.float32)
+            ps = ps[~np.isnan(ps)]
+            if not len(ps):
+                return np.zeros(len(docs), dtype=bool)
+            ns = teacher.lookup([row], docs[None, :])[0]
+            return ~np.isnan(ns) & (ns <= ps.min() - imp.teacher_margin)
+    lists = candidate_lists(table, range(len(positives)), list(imp.systems) or None, imp.per_system, keep)
+    out = without(lists, positives)
+    empty = int((out.lengths() == 0).sum())
+    if empty:
+        logger.warning("imported candidates: %d of %d training queries have no negative from %s%s; their groups are filled from the "
+                       "random pool", empty, len(out), imp.path, " after the teacher-margin filter" if keep is not None else "")
+    return out
+
+
 def _restrict_to_scored(pools: SamplingPools, teacher: TeacherScores, comps: set[str]) -> tuple[SamplingPools, np.ndarray]:
     """Drop documents without a teacher score (an imported teacher with ``on_missing: drop``).
 
     Returns the pools and the training rows that still have a scored positive.
     """
-    rows = {name: [] for name in ("positives", "bm25", "random", "dense")}
+    rows = {name: [] for name in ("positives", "bm25", "random", "dense", "imported")}
     for i in range(len(pools)):
         scored = teacher.scored(i)
         ok = lambda a: a[np.isin(a, scored)]  # noqa: E731
@@ -244,8 +277,11 @@ def _restrict_to_scored(pools: SamplingPools, teacher: TeacherScores, comps: set
         rows["random"].append(ok(pools.random.row(i)) if "random" in comps else pools.random.row(i))
         if pools.dense is not None:
             rows["dense"].append(ok(pools.dense.row(i)) if "dense" in comps else pools.dense.row(i))
+        if pools.imported is not None:
+            rows["imported"].append(ok(pools.imported.row(i)))
     out = SamplingPools(Ragged.from_rows(rows["positives"]), Ragged.from_rows(rows["bm25"]), Ragged.from_rows(rows["random"]),
-                        Ragged.from_rows(rows["dense"]) if pools.dense is not None else None, pools.teacher)
+                        Ragged.from_rows(rows["dense"]) if pools.dense is not None else None, pools.teacher,
+                        Ragged.from_rows(rows["imported"]) if pools.imported is not None else None)
     keep = np.nonzero(out.positives.lengths() > 0)[0]
     dropped = len(pools) - len(keep)
     if dropped:
@@ -281,6 +317,8 @@ def prepare(
     samplers = set(samplers or ()) | {cfg.sampler.name}
     mix = bool(cfg.augment.negatives_mix > 0) if negatives_mix is None else negatives_mix
     comps = components_of(samplers, mix)
+    if "imported" in comps and cfg.candidates.imported is None:
+        raise ValueError(f"samplers {sorted(samplers)} include 'imported' but candidates.imported is not set")
     if "dense" in comps and cfg.candidates.dense_depth <= 0:
         raise ValueError(f"samplers {sorted(samplers)} need dense candidates but candidates.dense_depth is 0")
     models = student_models(cfg, students)
@@ -298,6 +336,8 @@ def prepare(
                  "selection": cfg.eval.selection, "batch_tokens": cfg.eval.batch_tokens},
         "students": sorted(tokenizer_key(t) for t in tokenizers.values()),
     }
+    if "imported" in comps:  # the file's content, not only its path
+        key["imported"] = file_digest(cfg.candidates.imported.path, root)
 
     def build(tmp: Path) -> None:
         _build(cfg, root, tmp, comps, tokenizers, tkey, executor, options)
@@ -335,6 +375,13 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
 
     ctx = ScoringContext(root, d.max_query_length, d.max_doc_length, cfg.eval.batch_tokens, executor, o.cpus, o.gpus,
                          o.shard_pairs, o.shard_docs, o.shard_queries, bm25_candidates={queries.key: bm25})
+    imp, imported = cfg.candidates.imported, None
+    if "imported" in comps or _reads_files(cfg.teacher):
+        # an imported file's query id is unknown only if the collection lacks it (not if it is just not a training query)
+        ctx.known_queries[queries.key] = query_set(train.queries, sorted(train.queries), root)
+    if "imported" in comps:
+        imported = import_table(root, imp.path, imp.format, file_digest(imp.path, root), train.corpus, queries,
+                                ctx.known_queries[queries.key], imp.on_unknown, executor)
     teacher = None
     teacher_tables: dict[str, str] = {}
     train_rows = np.arange(n_train)
@@ -350,9 +397,16 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
             components["dense"] = Ragged.from_rows([dense.ranked(i) for i in range(len(all_q))])
         if "random" in comps:
             components["random"] = Ragged.from_rows([rand.row(i) if i < n_train else empty for i in range(len(all_q))])
+        if imported is not None:  # every listed candidate of the chosen systems: the margin filter reads their scores
+            listed = candidate_lists(imported, range(n_train), list(imp.systems) or None,
+                                     imp.per_system if imp.teacher_margin is None else None)
+            components["imported"] = Ragged.from_rows([np.sort(listed.row(i)) if i < n_train else empty for i in range(len(all_q))])
         teacher = teacher_scores(cfg.teacher, ctx, train.corpus, queries, components)
         teacher_tables = {name: _rel(root, t.folder) for name, t in teacher.tables.items()}
-        if cfg.teacher.kind == "file" or any(m.kind == "file" for m in cfg.teacher.members):
+    if imported is not None:
+        pools.imported = imported_negatives(imported, imp, train_pos, teacher)
+    if teacher is not None:
+        if _reads_files(cfg.teacher):
             pools, train_rows = _restrict_to_scored(pools, teacher, comps)
         pools.teacher = teacher_order(pools.bm25, teacher)
     train_rows = train_rows[pools.positives.lengths()[train_rows] > 0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +20,9 @@ def _duration(s: float) -> str:
 
 
 class Progress:
-    """``update(n)`` as work is done; a line ``label: done/total unit (rate/s, ETA)`` every ``every`` seconds and at the end."""
+    """``update(n)`` as work is done (``total`` None: a stream of unknown length, no ETA); a line ``label: done/total unit (rate/s, ETA)`` every ``every`` seconds and at the end."""
 
-    def __init__(self, label: str, total: int, unit: str = "items", every: float = 10.0, log: logging.Logger = logger) -> None:
+    def __init__(self, label: str, total: Optional[int], unit: str = "items", every: float = 10.0, log: logging.Logger = logger) -> None:
         self.label, self.total, self.unit, self.every, self.log = label, total, unit, every, log
         self.done = 0
         self.t0 = self._last = time.perf_counter()
@@ -30,12 +31,14 @@ class Progress:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         rate = self.done / elapsed
         speed = f"{rate:,.1f}/s" if rate >= 1 or self.done == 0 else f"{60 * rate:,.1f}/min"  # shards of minutes each
+        if self.total is None:  # a stream of unknown length
+            return f"{self.label}: {self.done:,} {self.unit} ({speed}, {_duration(elapsed)})"
         eta = f", ETA {_duration((self.total - self.done) / rate)}" if 0 < self.done < self.total else ""
         return f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({speed}, {_duration(elapsed)}{eta})"
 
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
-        if self.done >= self.total or now - self._last >= self.every:
+        if (self.total is not None and self.done >= self.total) or now - self._last >= self.every:
             self._last = now
             self.log.info(self.line())

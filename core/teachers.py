@@ -6,8 +6,9 @@ A teacher scores (query, document) pairs. Kinds (registry ``TEACHERS``):
   shared with dense candidates of the same model);
 - ``cross``: any HF sequence-classification model with one logit;
 - ``bm25``: the BM25 score itself (from the BM25 index, for exactly the pairs asked for);
-- ``file``: imported scores, gzipped JSON ``{qid: {docid: score}}`` (the format of the reference
-  code of arXiv 2505.21058) or a TREC run file;
+- ``file``: imported scores, streamed from any format of ``data/imports.py`` (the seed code's JSON,
+  TREC runs, sentence-transformers hard negatives, cross-encoder score pickles, Hofstätter's TSV,
+  Tevatron/FlagEmbedding JSONL, ColBERT examples);
 - ``ensemble``: a weighted sum of per-query z-normalised member scores.
 
 Pairs are grouped in *components*, one per candidate list (``bm25`` = BM25 top-k plus the
@@ -22,9 +23,7 @@ tasks when GPUs are given, BM25 pairs as CPU tasks over query ranges, a teacher 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import logging
 import math
 import zlib
@@ -42,10 +41,11 @@ from .data.bm25 import bm25_pair_scores
 from .data.cache import cache_root, stage
 from .data.candidates import EncoderSpec, doc_embeddings, query_embeddings
 from .data.collections import Corpus, QuerySet, file_stat_key
+from .data.imports import ImportedTable, import_table, reader
 from .data.store import Ragged, TextStore
 from .data.tokens import TokenStore, doc_tokens, query_tokens
+from .errors import TeacherError
 from .executor import LOCAL
-from .metrics import read_trec_run
 from .models import SequenceClassifier, autocast, load_tokenizer, pinned_threads, resolve_device, resolve_model, run_chunks
 from .registry import Registry
 
@@ -53,10 +53,6 @@ if TYPE_CHECKING:
     from .executor import Executor
 
 logger = logging.getLogger(__name__)
-
-
-class TeacherError(ValueError):
-    """Teacher scores are missing or malformed."""
 
 
 @dataclass
@@ -146,6 +142,8 @@ class ScoringContext:
     device: str = "auto"
     #: BM25 candidates by query-set key: a BM25 teacher takes their scores instead of scoring those pairs again
     bm25_candidates: dict = field(default_factory=dict)
+    #: every query of a query set's collection, by query-set key: an imported file's id outside it is unknown
+    known_queries: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.executor is None:
@@ -268,96 +266,40 @@ def _bm25_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries:
 
 
 def read_teacher_file(path: str | Path, fmt: str = "auto") -> dict[str, dict[str, float]]:
-    """Read ``{qid: {docid: score}}`` from gzipped/plain JSON or a TREC run file.
+    """``{qid: {docid: score}}`` of a small teacher file of any imported format (tests, inspection).
+
+    Trials never build this dict: they stream the file into an ``ImportedTable`` (``imports.py``).
 
     Raises:
-        TeacherError: naming the file (and line) when it is missing, truncated or corrupt (a gzip
-            stream that ends early), not UTF-8, malformed, or holds a score that is not a finite number.
+        TeacherError: naming the file (and line) when it is missing, truncated or corrupt, not UTF-8,
+            malformed, or holds a score that is not a finite number.
     """
     p = Path(path)
     if not p.exists():
         raise TeacherError(f"teacher file not found: {p}")
+    out: dict[str, dict[str, float]] = {}
     try:
-        scores = _read_teacher_file(p, fmt)
+        for rec in reader(p, fmt).records():
+            for q, d, s in zip(rec.qids, rec.pids, rec.scores):
+                if not math.isnan(s):
+                    out.setdefault(q, {})[d] = s
     except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
         raise TeacherError(f"{p}: cannot be read to its end: truncated or corrupt ({type(e).__name__}: {e})") from None
-    for q, docs in scores.items():
-        for d, v in docs.items():
-            if not math.isfinite(v):
-                raise TeacherError(f"{p}: the score of query {q!r}, document {d!r} is {v}: teacher scores must be finite numbers")
-    return scores
+    return out
 
 
-def _read_teacher_file(p: Path, fmt: str) -> dict[str, dict[str, float]]:
-    opener = gzip.open if p.suffix == ".gz" else open
-    if fmt == "auto":
-        with opener(p, "rt") as f:
-            head = f.read(1).lstrip()
-        fmt = "json" if head in ("{", "") else "trec"
-    with opener(p, "rt") as f:
-        if fmt == "json":
-            try:
-                raw = json.load(f)
-            except json.JSONDecodeError as e:
-                raise TeacherError(f"{p}: not valid JSON ({e.msg}); expected {{qid: {{docid: score}}}}") from None
-            if not isinstance(raw, dict):
-                raise TeacherError(f"{p}: expected a JSON object {{qid: {{docid: score}}}}")
-            try:
-                return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in raw.items()}
-            except (AttributeError, TypeError, ValueError):
-                raise TeacherError(f"{p}: expected {{qid: {{docid: score}}}} with numeric scores") from None
-        try:
-            return read_trec_run(f)
-        except ValueError:
-            pass
-    with opener(p, "rt") as f:  # name the first malformed line
-        for n, line in enumerate(f, start=1):
-            parts = line.split()
-            if parts and (len(parts) != 6 or not _is_float(parts[4])):
-                raise TeacherError(f"{p}:{n}: expected a TREC run line 'qid Q0 docid rank score tag'")
-    raise TeacherError(f"{p}: not a TREC run file")
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class FileJob:
-    path: str
-    format: str
-    corpus: str  # corpus TextStore folder
-    queries: str  # query TextStore folder
-    pools: str
-    out: str
-
-
-def file_job(job: FileJob) -> int:
-
-    table = read_teacher_file(job.path, job.format)
-    docs, queries = TextStore.load(Path(job.corpus)), TextStore.load(Path(job.queries))
-    pools = Ragged.load(Path(job.pools), "pools")
-    out = np.full(len(pools.values), np.nan, dtype=np.float32)
-    for i in range(len(pools)):
-        row = table.get(queries.id(i))
-        if not row:
-            continue
-        lo, hi = int(pools.indptr[i]), int(pools.indptr[i + 1])
-        out[lo:hi] = [row.get(d, np.nan) for d in docs.ids_of(pools.values[lo:hi])]
-    np.save(f"{job.out}.npy", out)
-    return len(pools)
+def file_table(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet) -> ImportedTable:
+    """The teacher file streamed into an ``ImportedTable`` over ``queries`` (a cached stage, shared with candidates)."""
+    return import_table(ctx.root, t.path, t.format, file_digest(t.path, ctx.root), corpus, queries, ctx.known_queries.get(queries.key),
+                        t.on_unknown, ctx.executor)
 
 
 def _file_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
-    store = corpus.store(ctx.root, ctx.executor)
-    pools.save(work, "pools")
-    job = FileJob(str(Path(t.path).resolve()), t.format, str(store.folder), str(queries.store.folder), str(work), str(work / "file"))
-    ctx.executor.map(file_job, [job], cpus=1, label="teacher file")
-    return _collect([job], work)
+    table = file_table(t, ctx, corpus, queries)
+    if table.info["records"] and not table.info["scored"]:
+        raise TeacherError(f"teacher file {t.path} ({table.info['format']}) holds no scores, only ids: it can serve as candidates "
+                           "(candidates.imported), not as a teacher")
+    return table.lookup(pools)
 
 
 TEACHERS: Registry = Registry("teacher kind")

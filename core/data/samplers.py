@@ -9,7 +9,10 @@ relevant document. Samplers (registry ``SAMPLERS``):
 - ``dense``: uniform from dense-retrieval ranks ``[lo, hi)``;
 - ``ensemble``: uniform from ranks ``[lo, hi)`` of the reciprocal-rank fusion of BM25 and dense;
 - ``teacher``: the BM25 pool re-ranked by the teacher, ``skip_top`` ranks skipped (against false
-  negatives), then the hardest first (or uniform within ``depth`` with ``hardest_first: false``).
+  negatives), then the hardest first (or uniform within ``depth`` with ``hardest_first: false``);
+- ``imported``: uniform from ranks ``[lo, hi)`` of an imported file's negatives
+  (``candidates.imported``: e.g. sentence-transformers' hard negatives of chosen systems, the
+  first ``per_system`` of each after the teacher-margin filter, merged by rank across systems).
 
 Queries are rows (ints) of the prepared training queries. Every list lives in a ``Ragged``
 (memory-mapped) prepared once, with the judged relevant documents already removed: sampling
@@ -35,7 +38,7 @@ from .store import Ragged
 
 logger = logging.getLogger(__name__)
 
-POOL_NAMES = ("positives", "bm25", "random", "dense", "teacher")
+POOL_NAMES = ("positives", "bm25", "random", "dense", "teacher", "imported")
 
 
 @dataclass
@@ -47,6 +50,7 @@ class SamplingPools:
     random: Ragged  # a seeded uniform pool from the whole corpus, sorted
     dense: Optional[Ragged] = None  # dense candidates in rank order
     teacher: Optional[Ragged] = None  # the BM25 pool in the teacher's order (unscored pairs dropped)
+    imported: Optional[Ragged] = None  # negatives of an imported file (its systems merged by rank, margin-filtered)
 
     def __len__(self) -> int:
         return len(self.positives)
@@ -209,12 +213,22 @@ class TeacherSampler(Sampler):
         return w
 
 
+class ImportedSampler(Sampler):
+    components = ("bm25", "imported")
+
+    def ranked(self, row: int) -> np.ndarray:
+        if self.pools.imported is None:
+            raise ValueError("sampler 'imported' needs imported candidates (candidates.imported) and they were not prepared")
+        return self.pools.imported.row(row)
+
+
 SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
 SAMPLERS.register("random", RandomSampler)
 SAMPLERS.register("bm25", BM25Sampler)
 SAMPLERS.register("dense", DenseSampler)
 SAMPLERS.register("ensemble", EnsembleSampler)
 SAMPLERS.register("teacher", TeacherSampler)
+SAMPLERS.register("imported", ImportedSampler)
 
 
 def mix_negatives(groups: np.ndarray, fraction: float, pools: SamplingPools, rows: Sequence[int], rng: np.random.Generator) -> np.ndarray:
