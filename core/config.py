@@ -68,7 +68,7 @@ class ImportedCandidates:
     systems: tuple[str, ...] = _help("systems whose negatives are drawn (sbert: e.g. [bm25, msmarco-distilbert-base-tas-b]); "
                                      "empty: every system of the file", default=())
     per_system: Optional[int] = _help("the first N negatives of each system (after the margin filter); null: all", default=None)
-    teacher_margin: Optional[float] = _help("keep a negative only if the teacher scores it below min(positive scores) - margin "
+    teacher_margin: Optional[float] = _help("keep a negative only if the teacher scores it at most min(positive scores) - margin "
                                             "(sentence-transformers' ce_score_margin); null: no filter", default=None)
     on_unknown: Literal["error", "skip"] = _help("ids the collection lacks: an error, or counted and skipped", default="error")
 
@@ -514,8 +514,12 @@ def reference_rows(cls: type = TrialConfig, prefix: str = "") -> list[tuple[str,
         key = f"{prefix}{f.name}"
         hints = typing.get_type_hints(cls)
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows.extend(reference_rows(tp, key + "."))
+        optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)] if optional else []  # Optional[a section]: its keys
+        if dataclasses.is_dataclass(tp) or inner:
+            if inner:
+                rows.append((key, "null", f.metadata.get("help", "")))
+            rows.extend(reference_rows(tp if not inner else inner[0], key + "."))
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default

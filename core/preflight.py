@@ -1,7 +1,7 @@
 """Every input a trial needs, checked before any stage is built: one line naming the problem, not minutes later.
 
 A trial reads collections (the training one and every evaluation one) and models (the student, every
-model teacher); teacher files are checked with the config. Each is opened here and its first records are parsed, so that a
+model teacher) and imported files (teacher scores, negatives). Each is opened here and its first records are parsed, so that a
 missing model, an unreadable corpus or a malformed first line is refused before BM25, teacher
 scoring or training cost anything. A parse error further into a file is found when its corpus is
 stored, which preparation does for every collection before the first expensive stage, and it names
@@ -18,7 +18,8 @@ from typing import Iterable, Optional
 
 from .config import TeacherConfig, TrialConfig
 from .data.collections import DatasetError, _parse_local, _read_jsonl
-from .errors import ConfigError
+from .data.imports import check_head
+from .errors import ConfigError, TeacherError
 from .models import resolve_model
 
 FIRST_RECORDS = 100
@@ -94,6 +95,31 @@ def check_collection(dataset_id: str, where: str, records: int = FIRST_RECORDS) 
         logging.disable(level)
 
 
+def teacher_files(t: TeacherConfig, where: str = "teacher") -> Iterable[tuple[str, str, str]]:
+    """``(path, format, config path)`` of every file a teacher (and its ensemble members) reads."""
+    if t.kind == "file" and t.path:
+        yield t.path, t.format, f"{where}.path"
+    for i, m in enumerate(t.members):
+        yield from teacher_files(m, f"{where}.members[{i}]")
+
+
+def files_of(cfg: TrialConfig) -> dict[str, tuple[str, str]]:
+    """``{path: (format, config path)}`` of every imported file ``cfg`` reads (teacher scores, candidates)."""
+    out = {p: (f, w) for p, f, w in teacher_files(cfg.teacher)}
+    imp = cfg.candidates.imported
+    if imp is not None:
+        out.setdefault(imp.path, (imp.format, "candidates.imported.path"))
+    return out
+
+
+def check_file(path: str, fmt: str, where: str, records: int = FIRST_RECORDS) -> None:
+    """``TeacherError`` unless the file's format is known (or detected) and its first records parse."""
+    try:
+        check_head(path, fmt, records)
+    except TeacherError as e:
+        raise TeacherError(f"{where}: {e}") from None
+
+
 def inputs_of(cfg: TrialConfig, students: Optional[Iterable[str]] = None) -> tuple[dict[str, str], dict[str, str]]:
     """``({dataset id: config path}, {model: config path})`` that ``cfg`` (and each model of ``students``) reads."""
     collections = {cfg.data.train: "data.train"}
@@ -108,16 +134,21 @@ def inputs_of(cfg: TrialConfig, students: Optional[Iterable[str]] = None) -> tup
 
 
 def check_inputs(*cfgs: TrialConfig, students: Optional[Iterable[str]] = None) -> None:
-    """Every collection and model the configs need, each checked once, before any work (teacher files are the
-    config's own check: ``teacher.path`` must exist)."""
+    """Every collection, model and imported file the configs need, each checked once, before any work (a file's
+    format detected and its first records parsed; its existence is the config's own check)."""
     collections: dict[str, str] = {}
     models: dict[str, str] = {}
+    files: dict[str, tuple[str, str]] = {}
     for cfg in cfgs:
         c, m = inputs_of(cfg, students)
         for k, v in c.items():
             collections.setdefault(k, v)
         for k, v in m.items():
             models.setdefault(k, v)
+        for k, v in files_of(cfg).items():
+            files.setdefault(k, v)
+    for path, (fmt, where) in files.items():
+        check_file(path, fmt, where)
     for did, where in collections.items():
         check_collection(did, where)
     for m, where in models.items():

@@ -488,6 +488,13 @@ class ColbertReader(Reader):
         yield out
 
 
+class _ReadOnly:
+    """``read`` and ``readline`` only: ``pickletools.genops`` asks a file with ``tell`` for it at every opcode (a seek in gzip)."""
+
+    def __init__(self, f) -> None:
+        self.read, self.readline = f.read, f.readline
+
+
 class PickleReader(Reader):
     """``{qid: {pid: score}}`` pickles, interpreted opcode by opcode (``pickletools.genops``): never unpickled.
 
@@ -514,11 +521,12 @@ class PickleReader(Reader):
         memo: dict = {}
         depth_of: dict[int, tuple] = {}  # id(dict marker) -> (depth, qid)
         what = "expected a pickled {qid: {pid: score}}"
-        with open_binary(self.path) as f:
+        with open_binary(self.path) as raw:
+            f = _ReadOnly(io.BufferedReader(raw, buffer_size=1 << 20) if not isinstance(raw, io.BufferedReader) else raw)
             for op, arg, pos in pickletools.genops(f):
                 name = op.name
                 if name not in self.ALLOWED:
-                    raise TeacherError(f"{self.path}: at byte {pos} the pickle holds a {name} opcode (an object other than dict, int, "
+                    raise TeacherError(f"{self.path}: the pickle holds a {name} opcode (an object other than dict, int, "
                                        "float or str): refused; only dicts of numbers and strings are read from a pickle, since "
                                        "unpickling arbitrary objects runs code")
                 if name in ("PROTO", "FRAME"):
@@ -534,7 +542,7 @@ class PickleReader(Reader):
                     else:
                         key = stack[-1]
                         if key is mark or isinstance(key, list):
-                            raise TeacherError(f"{self.path}: at byte {pos}: a dict nested deeper than {{qid: {{pid: score}}}}; {what}")
+                            raise TeacherError(f"{self.path}: a dict nested deeper than {{qid: {{pid: score}}}}; {what}")
                         depth_of[id(marker)] = (2, str(key))
                     stack.append(marker)
                 elif name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
@@ -553,7 +561,7 @@ class PickleReader(Reader):
                     if depth == 2:
                         for pid, s in zip(items[::2], items[1::2]):
                             if isinstance(s, list):
-                                raise TeacherError(f"{self.path}: at byte {pos}: a dict nested deeper than {{qid: {{pid: score}}}}; {what}")
+                                raise TeacherError(f"{self.path}: a dict nested deeper than {{qid: {{pid: score}}}}; {what}")
                             out.add(qid, str(pid), self.score(s, 0, qid, pid), SCORED, -1, 0)
                         if len(out) >= chunk:
                             yield out
@@ -564,7 +572,7 @@ class PickleReader(Reader):
                                 raise TeacherError(f"{self.path}: the value of query {items[0]!r} is {v!r}, not a dict; {what}")
                             depth_of.pop(id(v), None)
                     else:
-                        raise TeacherError(f"{self.path}: at byte {pos}: items set on something other than a dict; {what}")
+                        raise TeacherError(f"{self.path}: items set on something other than a dict; {what}")
                 else:  # a number or a string
                     stack.append(arg.decode("utf-8") if isinstance(arg, bytes) else arg)
             else:

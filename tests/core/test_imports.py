@@ -265,3 +265,16 @@ def test_format_detection_reads_content_not_names(tmp_path):
     unknown.write_text("what is this\n")
     with pytest.raises(TeacherError, match="not a known teacher/candidate file.*known formats: " + ", ".join(FORMATS)):
         detect(unknown)
+
+
+def test_preflight_names_a_malformed_first_line_before_any_work(tmp_path, scifact_ids):
+    from ranksweep.core.preflight import check_inputs
+
+    good = tmp_path / "negatives.run"
+    write("trec", good, scifact_ids)
+    bad = tmp_path / "scores.tsv"
+    bad.write_text("1.0\t2.0\t0\t31715818\t1203035\n1.0\t2.0\t0\n")
+    cfg = TrialConfig.from_dict(fast_config(tmp_path, teacher={"kind": "file", "path": str(bad), "format": "tsv"}, sampler="imported",
+                                            **{"candidates.imported": {"path": str(good)}}))
+    with pytest.raises(TeacherError, match=rf"^teacher.path: {bad}:2: expected 'pos_score neg_score qid pos_pid neg_pid'"):
+        check_inputs(cfg)
