@@ -117,7 +117,7 @@ def check_file(path: str, fmt: str, where: str, records: int = FIRST_RECORDS) ->
     try:
         check_head(path, fmt, records)
     except TeacherError as e:
-        raise TeacherError(f"{where}: {e}") from None
+        raise TeacherError(f"{e} (the file of {where})") from None
 
 
 def inputs_of(cfg: TrialConfig, students: Optional[Iterable[str]] = None) -> tuple[dict[str, str], dict[str, str]]:

@@ -22,6 +22,7 @@ import torch
 from .config import TrialConfig
 from .data.batching import SpecialTokens
 from .evaluation import Evaluator, eval_metric_keys
+from .export import save_student
 from .losses import LOSSES
 from .metrics import listwise_entropy
 from .models import build_student, load_tokenizer, resolve_device
@@ -32,6 +33,9 @@ from .writers import TrialWriter
 logger = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, float], int], None]
+
+#: where a trial keeps its final weights, inside its output folder
+MODEL_DIR = "model"
 
 
 def _no_report(metrics: dict[str, float], step_docs: int) -> None:
@@ -78,7 +82,7 @@ class Trial:
         self.p = prepared if isinstance(prepared, Prepared) else Prepared.open(prepared)
         self.p.check(cfg)
         torch.manual_seed(cfg.seed)
-        tokenizer = load_tokenizer(cfg.student.model)
+        self.tokenizer = tokenizer = load_tokenizer(cfg.student.model)
         special = SpecialTokens.of(tokenizer)
         d = cfg.data
         docs = self.p.doc_tokens(tokenizer, self.p.corpus_key, d.max_doc_length)
@@ -154,6 +158,8 @@ class Trial:
             self.train_until(nxt)
             if self.docs_seen < cfg.budget_docs:
                 self.evaluate()
+        if self.writer.folder is not None:  # the final weights, before the final report (a sweep syncs the files at a report)
+            save_student(self.model, cfg, self.tokenizer, self.writer.folder / MODEL_DIR)
         return self.evaluate(final=True)
 
     # -- checkpoints (used by the sweeper) ---------------------------------------------------------

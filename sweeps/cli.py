@@ -196,6 +196,36 @@ def main_best(args: list[str]) -> int:
     return 0
 
 
+def main_export(args: list[str]) -> int:
+    """ranksweep export --experiment NAME (--trial RUN_NAME | --best [--metric M]) --out DIR [--mlflow] [--register NAME]"""
+    p = argparse.ArgumentParser(prog="ranksweep export", description="A trial's kept final weights as a model folder "
+                                "(sentence-transformers for a bi-encoder, transformers for a cross-encoder) with a model card.")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", help="the trial's run name (as `ranksweep best` lists it) or run id")
+    which.add_argument("--best", action="store_true", help="the best trial that trained its full budget, by --metric")
+    p.add_argument("--metric", default=None, help="default: the sweep's selection metric")
+    p.add_argument("--mode", default="max", choices=["max", "min"])
+    p.add_argument("--sweep", default=None, help="sweep (parent run) name; default: the latest")
+    p.add_argument("--out", required=True, help="a new (or empty) folder")
+    p.add_argument("--mlflow", action="store_true", help="also log the folder to the trial's MLflow run as a model")
+    p.add_argument("--register", default=None, metavar="NAME", help="register the logged model under NAME (implies --mlflow)")
+    a = p.parse_args(args)
+    from ranksweep.core.export import ExportError
+    from ranksweep.sweeps.export import export
+    from ranksweep.sweeps.spec import absolute_uri
+
+    try:
+        r = export(a.experiment, absolute_uri(a.tracking_uri), a.out, a.trial, a.metric, a.mode, a.sweep, a.mlflow, a.register)
+    except (ExportError, ValueError) as e:
+        print(f"ranksweep export: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {r['kind']} trial {r['name']} (run {r['run_id']}) to {r['out']}"
+          + (f"; logged as {r['model_uri']}" if "model_uri" in r else "") + (f", registered as {a.register!r}" if a.register else ""))
+    return 0
+
+
 def main_report(args: list[str]) -> int:
     """ranksweep report --experiment NAME --out DIR [--metric M] [--margin 0.01] [--color-by AXIS]"""
     p = argparse.ArgumentParser(prog="ranksweep report",
@@ -312,6 +342,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": main_run,
     "best": main_best,
     "report": main_report,
+    "export": main_export,
     "plan": main_plan,
 }
 

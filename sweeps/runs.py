@@ -31,6 +31,7 @@ TRIAL_ID = "ranksweep.trial_id"
 CELL = "ranksweep.cell"
 SEED = "ranksweep.seed"
 STOPPED_EARLY = "ranksweep.stopped_early"
+WEIGHTS = "ranksweep.weights"  # kept | not kept | dropped: whether the run holds the final weights (model/)
 ERROR = "ranksweep.error"
 NODE_ID = "ranksweep.node_id"
 PARENT = "mlflow.parentRunId"

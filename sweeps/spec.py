@@ -84,6 +84,8 @@ class SweepFields:
     prepare: PrepareSpec = field(default_factory=PrepareSpec, metadata={"help": "shared-data preparation tasks"})
     tracking: TrackingSpec = field(default_factory=TrackingSpec, metadata={"help": "MLflow"})
     retries: int = field(default=1, metadata={"help": "times a failing trial is retried before it is recorded as failed"})
+    keep_weights: Any = field(default=1, metadata={"help": "final weights logged to MLflow (for `ranksweep export`): all | none | k, "
+                                                           "the k best trials that trained their full budget, by the metric"})
     seed: int = field(default=0, metadata={"help": "seed of the search algorithm"})
 
 
@@ -219,6 +221,9 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
         raise SpecError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={f.resources.cpu} gpu={f.resources.gpu}")
     if f.retries < 0:
         raise SpecError(f"retries: must be >= 0, got {f.retries}")
+    k = f.keep_weights
+    if not (k in ("all", "none") or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
+        raise SpecError(f"keep_weights: expected all, none or a number of trials >= 1, got {k!r}")
     if f.scheduler.grace_docs is not None and f.scheduler.grace_docs <= 0:
         raise SpecError("scheduler.grace_docs: must be > 0")
     if f.scheduler.brackets < 1 or (f.scheduler.brackets > 1 and f.scheduler.name != "asha"):

@@ -30,9 +30,10 @@ from typing import Any, Optional
 from ray.tune import Callback
 
 from ranksweep.core.config import resolve_trial
-from ranksweep.core.trial import UNSCOPED
+from ranksweep.core.trial import MODEL_DIR, UNSCOPED
 
-from .runs import CELL, ERROR, NODE_ID, OUTPUTS, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, bound_http_retries, cell_label, mlflow_key, sqlite_path
+from .runs import (CELL, ERROR, NODE_ID, OUTPUTS, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, WEIGHTS, bound_http_retries, cell_label,
+                   mlflow_key, sqlite_path)
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class _Trial:
     logged: set = field(default_factory=set)  # steps in the run's history
     closed: bool = False  # the run was already FINISHED/FAILED in MLflow when found again
     done: bool = False
+    value: Optional[float] = None  # the selection metric at the latest result
 
 
 class MLflowWriter:
@@ -136,9 +138,12 @@ class MLflowWriter:
     """
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_key: str,
-                 params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None) -> None:
+                 params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None,
+                 weights: Optional[dict] = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        #: which trials' final weights go to MLflow: {"keep": "all" | "none" | k, "metric", "mode"}
+        self.weights = weights or {"keep": "all", "metric": "dev/nDCG@10", "mode": "max"}
         self.sweep_name = sweep_name
         self.sweep_key = sweep_key
         self.params = params or {}
@@ -183,6 +188,9 @@ class MLflowWriter:
             t.last_docs = max(t.last_docs, int(result.get("docs_seen", 0)))
             if isinstance(result.get("node_id"), str):
                 t.node = result["node_id"]
+            v = result.get(self.weights["metric"])
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                t.value = float(v)
             t.done = False
         self._wake.set()
 
@@ -374,14 +382,15 @@ class MLflowWriter:
             t.done = not t.results and (t.end is None or end is not None)
 
     def _log_outputs(self, t: _Trial, fs, path: str) -> None:
-        """Log the trial's output files, read from the sweep's storage (a shared path or a URI) where Ray synced them."""
+        """Log the trial's output files, read from the sweep's storage (a shared path or a URI) where Ray synced them;
+        its final weights (``model/``) only as the retention rule says (``_keep_weights``)."""
         import pyarrow.fs
 
         if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
             logger.warning("trial %s: no outputs at %s", t.trial_id, path)
             return
         sizes = _settled_sizes(fs, path)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as weights:
             for _ in range(3):  # Ray may still be uploading the last checkpoint's files: copy what has settled
                 pyarrow.fs.copy_files(path, tmp, source_filesystem=fs)
                 copied = {str(f.relative_to(tmp)): f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()}
@@ -390,7 +399,40 @@ class MLflowWriter:
                 sizes = _settled_sizes(fs, path)
             else:
                 logger.warning("trial %s: its output files at %s kept changing; logged as they were", t.trial_id, path)
+            model = Path(tmp) / MODEL_DIR
+            if model.is_dir():
+                model.rename(Path(weights) / MODEL_DIR)
             self.client.log_artifacts(t.run_id, tmp)
+            if (Path(weights) / MODEL_DIR).is_dir():
+                self._keep_weights(t, Path(weights) / MODEL_DIR)
+                fs.delete_dir(f"{path}/{MODEL_DIR}")  # MLflow's copy is the one `ranksweep export` reads
+
+    def _keep_weights(self, t: _Trial, model: Path) -> None:
+        """Log the trial's final weights to its run if the rule keeps them; drop those of a trial they push out of the top k."""
+        keep, metric, mode = self.weights["keep"], self.weights["metric"], self.weights["mode"]
+        key = mlflow_key(metric)
+        if t.value is None and keep not in ("all", "none"):  # a driver that resumed after the trial's results: its run has them
+            t.value = self.client.get_run(t.run_id).data.metrics.get(key)
+        evict: list[str] = []
+        if keep in ("all", "none") or t.value is None:
+            kept = keep == "all"
+        else:
+            others = self.client.search_runs([self.experiment_id], f"tags.`{PARENT}` = '{self.parent_id}' and tags.`{WEIGHTS}` = 'kept'")
+            worst = -math.inf if mode == "max" else math.inf
+            ranked = [(r.data.metrics.get(key, worst), r.info.run_id) for r in others if r.info.run_id != t.run_id] + [(t.value, t.run_id)]
+            ranked.sort(key=lambda x: -x[0] if mode == "max" else x[0])
+            top = {rid for _, rid in ranked[:int(keep)]}
+            kept = t.run_id in top
+            evict = [rid for _, rid in ranked if rid not in top and rid != t.run_id]
+        if kept:
+            self.client.log_artifacts(t.run_id, str(model), MODEL_DIR)
+        self.client.set_tag(t.run_id, WEIGHTS, "kept" if kept else "not kept")
+        for rid in evict:
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            get_artifact_repository(self.client.get_run(rid).info.artifact_uri).delete_artifacts(MODEL_DIR)
+            self.client.set_tag(rid, WEIGHTS, "dropped")
+            logger.info("final weights of run %s dropped: no longer among the %s best by %s", rid, keep, metric)
 
 
 def _settled_sizes(fs, path: str, wait: float = 1.0, tries: int = 30) -> dict[str, int]:
@@ -469,8 +511,10 @@ class MLflowTracking(Callback):
     """Ray Tune callback: hands the sweep's events to its ``MLflowWriter`` (it never calls MLflow itself)."""
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_key: str, base: Optional[dict] = None,
-                 params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None, flush_timeout: float = 600.0) -> None:
+                 params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None, flush_timeout: float = 600.0,
+                 weights: Optional[dict] = None) -> None:
         self.tracking_uri = tracking_uri
+        self.weights = weights
         self.experiment = experiment
         self.sweep_name = sweep_name
         self.sweep_key = sweep_key
@@ -487,7 +531,8 @@ class MLflowTracking(Callback):
 
     def make_writer(self) -> MLflowWriter:
         uri = _URIS.get(self.sweep_key, self.tracking_uri)
-        return MLflowWriter(uri, self.experiment, self.sweep_name, self.sweep_key, self.params, self.artifacts)
+        return MLflowWriter(uri, self.experiment, self.sweep_name, self.sweep_key, self.params, self.artifacts,
+                            getattr(self, "weights", None))
 
     def setup(self, **info) -> None:
         bound_http_retries()

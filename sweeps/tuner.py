@@ -84,7 +84,8 @@ def callbacks(sweep: Sweep, tracking_uri: Optional[str] = None) -> list:
 
     params = {"spec": sweep.raw, "axes": sweep.space.keys(), "trials": sweep.trial_count()}
     return [MLflowTracking(tracking_uri or sweep.tracking_uri, sweep.experiment, sweep.name, sweep_key(sweep), base=sweep.base,
-                           params=params, artifacts={"sweep.yaml": dump(sweep)}, flush_timeout=sweep.fields.tracking.flush_timeout)]
+                           params=params, artifacts={"sweep.yaml": dump(sweep)}, flush_timeout=sweep.fields.tracking.flush_timeout,
+                           weights={"keep": sweep.fields.keep_weights, "metric": sweep.fields.metric, "mode": sweep.fields.mode})]
 
 
 def trial_name(trial) -> str:

@@ -48,18 +48,16 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from ..errors import TeacherError
+from ..executor import LOCAL, Executor
 from ..progress import Progress
 from ..registry import Registry
 from .cache import stage
 from .store import Ragged, TextStore
-
-if TYPE_CHECKING:
-    from ..executor import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -619,7 +617,7 @@ def detect(path: str | Path) -> str:
                         first = line.strip()
                         break
     except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:
-        raise TeacherError(f"{p}: cannot be read: truncated or corrupt ({type(e).__name__}: {e})") from None
+        raise TeacherError(f"{p}: cannot be read to its end: truncated or corrupt ({type(e).__name__}: {e})") from None
     for r in SNIFF_ORDER:
         if r.sniff(head, first):
             return r.name
@@ -848,7 +846,7 @@ def _indptr(paths: list[str], n_rows: int) -> np.ndarray:
 
 
 def import_table(root: Path, path: str, fmt: str, file_key: str, corpus, queries, known=None, on_unknown: str = "error",
-                 executor: Optional["Executor"] = None, block_pairs: int = 8_000_000, chunk: int = CHUNK) -> ImportedTable:
+                 executor: Optional[Executor] = None, block_pairs: int = 8_000_000, chunk: int = CHUNK) -> ImportedTable:
     """The ``ImportedTable`` of ``path`` over the rows of ``queries`` (a ``QuerySet``), cached as a stage.
 
     ``known``: every query of the collection (a ``QuerySet``); a query id outside it is unknown (an error
@@ -856,8 +854,6 @@ def import_table(root: Path, path: str, fmt: str, file_key: str, corpus, queries
     ``file_key`` identifies the file's content (its digest). The first pass streams the file in
     one task; sorting into rows runs as tasks over row blocks of about ``block_pairs`` records.
     """
-    from ..executor import LOCAL
-
     executor = executor or LOCAL
     docs = corpus.store(root, executor)
     key = {"file": file_key, "format": fmt, "corpus": corpus.key, "queries": queries.key, "known": known.key if known else None,

@@ -276,5 +276,5 @@ def test_preflight_names_a_malformed_first_line_before_any_work(tmp_path, scifac
     bad.write_text("1.0\t2.0\t0\t31715818\t1203035\n1.0\t2.0\t0\n")
     cfg = TrialConfig.from_dict(fast_config(tmp_path, teacher={"kind": "file", "path": str(bad), "format": "tsv"}, sampler="imported",
                                             **{"candidates.imported": {"path": str(good)}}))
-    with pytest.raises(TeacherError, match=rf"^teacher.path: {bad}:2: expected 'pos_score neg_score qid pos_pid neg_pid'"):
+    with pytest.raises(TeacherError, match=rf"^{bad}:2: expected 'pos_score neg_score qid pos_pid neg_pid'.*\(the file of teacher.path\)$"):
         check_inputs(cfg)
