@@ -13,10 +13,18 @@ fits (queries: median 8 tokens; passages: median 70, long tail cut at the maximu
 teacher score per (query, passage). On CUDA ``--compile`` also times both loops with the encoder
 under ``torch.compile`` (dynamic shapes for the trial's variable-length chunks).
 
+``--packing`` times the trial once per way a step's sequences reach the encoder (``student.packing``):
+``chunked`` (length-sorted chunks), ``padded`` (one chunk padded to the step's longest), ``packed`` (one
+unpadded row, varlen attention: flash-attn on CUDA when installed) and ``auto`` (what the trial would
+choose). Each row also gives tokens/s (real tokens, padding not counted) and the achieved TFLOP/s with
+its MFU against the device's dense bf16 peak (``--peak-tflops``, else known for A100/H100/H200): training
+FLOPs per real token ~ 6 x non-embedding parameters + 12 x layers x hidden x the sequence's length
+(Kaplan et al., 2020).
+
 Usage::
 
-    python benchmarks/throughput.py --compile                  # bert-base, cross and bi, on a GPU
-    python benchmarks/throughput.py --arch minilm --queries 8 --steps 4 --warmup 1   # a CPU check
+    python benchmarks/throughput.py --compile --packing chunked padded packed   # bert-base, cross and bi, on a GPU
+    python benchmarks/throughput.py --arch minilm --queries 8 --steps 4 --warmup 1 --packing chunked packed   # a CPU check
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class Tokens:
 
     def __init__(self, lengths: np.ndarray, rng: np.random.Generator) -> None:
         self.seqs = [rng.integers(1000, 29000, size=int(n)).astype(np.int32) for n in lengths]
+        self.lengths = np.asarray(lengths)
 
     def get(self, i: int) -> np.ndarray:
         return self.seqs[i]
@@ -176,13 +185,40 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+#: dense bf16 peak TFLOP/s (no sparsity) by device name
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
+
+
+def peak_tflops(name: str, given: float | None) -> float | None:
+    if given:
+        return given
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def flops_per_token(arch: str, mean_len: float) -> float:
+    """Training FLOPs per real token: 6 N (N: non-embedding parameters) plus attention, 12 n_layer d_model n_ctx."""
+    c = ARCHS[arch]
+    d, L, ff = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
+    n = L * (4 * d * d + 2 * d * ff)
+    return 6 * n + 12 * L * d * mean_len
+
+
+def tokens_per_doc(kind: str, group: int, queries, docs) -> tuple[float, float]:
+    """(real tokens per training document, mean sequence length) from the data's length distribution."""
+    q = float(np.mean(queries.lengths)) + 2
+    d = float(np.mean(docs.lengths)) + 2
+    if kind == "cross":
+        return q + d - 1, q + d - 1
+    return d + q / group, (d * group + q) / (group + 1)
+
+
 def measure(kind: str, loop: str, compiled: bool, a, device, data, queries, docs) -> float:
-    """Docs/s of ``loop`` (``trial`` or ``baseline``) over ``a.steps`` timed steps after ``a.warmup``."""
+    """Docs/s of ``loop`` (``baseline``, or ``trial`` / ``trial-<packing>``) over ``a.steps`` timed steps after ``a.warmup``."""
     col = Path(tempfile.gettempdir()) / "ranksweep-throughput-collection"  # names a collection; the step reads none
     if not (col / "qrels" / "test.tsv").exists():
         write_synthetic_beir(col, 200, seed=0)
     cfg = TrialConfig.from_dict({"data": {"train": f"local:{col}:train", "eval": [f"local:{col}:test"]},
-                                 "student": {"kind": kind}, "loss": "kl", "group_size": a.group, "teacher": "bm25",
+                                 "student": {"kind": kind, "packing": loop.split("-", 1)[1] if "-" in loop else "chunked"}, "loss": "kl", "group_size": a.group, "teacher": "bm25",
                                  "optim": {"batch_size": a.queries, "lr": 1e-5, "warmup_fraction": 0.0},
                                  "budget_docs": (a.steps + a.warmup + 1) * a.queries * a.group})
     model = student(kind, a.arch, device, cfg)
@@ -190,7 +226,7 @@ def measure(kind: str, loop: str, compiled: bool, a, device, data, queries, docs
         model.encoder = torch.compile(model.encoder, dynamic=(loop == "trial"))
     sampler = UniformSampler(len(docs))
     per_step = a.queries * a.group
-    if loop == "trial":
+    if loop.startswith("trial"):
         t = Trainer(cfg, data, model, queries, docs, SPECIAL, device, sampler)
         run = lambda n: t.train_until(t.docs_seen + n * per_step)  # noqa: E731
     else:
@@ -202,6 +238,8 @@ def measure(kind: str, loop: str, compiled: bool, a, device, data, queries, docs
     run(a.steps)
     sync(device)
     secs = time.perf_counter() - t0
+    if loop.startswith("trial") and t.packing_times:
+        print(f"  auto measured {t.packing_times} -> {t.packing}", flush=True)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -220,6 +258,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time both loops under torch.compile (CUDA)")
     p.add_argument("--one-chunk", action="store_true", help="the trial pads each batch to its longest pair, in one chunk (no length sorting)")
     p.add_argument("--loops", nargs="+", default=["baseline", "trial"], choices=["baseline", "trial"])
+    p.add_argument("--packing", nargs="+", default=None, choices=["chunked", "padded", "packed", "auto"],
+                   help="time the trial under each of these (student.packing); default: chunked only")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, for the MFU (default: by name)")
     p.add_argument("--profile", type=int, default=0, help="then profile this many eager trial steps (torch.profiler, top CPU ops)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="write the numbers to this file (rewritten after every measurement)")
@@ -238,18 +279,27 @@ def main(argv=None) -> int:
     info = {"device": name, "torch": torch.__version__, "arch": a.arch, "B": a.queries, "G": a.group, "max_length": a.max_length,
             "steps": a.steps, "rows": []}
     print(f"device={name} arch={a.arch} B={a.queries} G={a.group} max_length={a.max_length} steps={a.steps}", flush=True)
+    peak = peak_tflops(name, a.peak_tflops)
+    loops = [lp for lp in a.loops if lp == "baseline"] + ([f"trial-{k}" for k in a.packing] if a.packing and "trial" in a.loops
+                                                         else [lp for lp in a.loops if lp == "trial"])
     for kind in a.kinds:
+        per_doc, mean_len = tokens_per_doc(kind, a.group, queries, docs)
+        fpt = flops_per_token(a.arch, mean_len)
         for compiled in ([False, True] if a.compile else [False]):
-            r = {"kind": kind, "compiled": compiled}
-            for loop in a.loops:
-                r[loop] = round(measure(kind, loop, compiled, a, device, data, queries, docs), 1)
-            if len(a.loops) == 2:
-                r["ratio"] = round(r["trial"] / r["baseline"], 2)
-            info["rows"].append(r)
-            print(f"{kind:5s} {'compiled' if compiled else 'eager':8s} " + "  ".join(f"{k} {v}" for k, v in r.items() if k not in ("kind", "compiled")),
-                  flush=True)
-            if a.json:
-                Path(a.json).write_text(json.dumps(info, indent=1))
+            for loop in loops:
+                dps = measure(kind, loop, compiled, a, device, data, queries, docs)
+                tflops = dps * per_doc * fpt / 1e12
+                r = {"kind": kind, "compiled": compiled, "loop": loop, "docs_per_s": round(dps, 1), "tokens_per_s": round(dps * per_doc),
+                     "tflops": round(tflops, 2), "mfu": round(tflops / peak, 4) if peak else None}
+                base = next((x["docs_per_s"] for x in info["rows"] if x["kind"] == kind and x["compiled"] == compiled
+                             and x["loop"] == "baseline"), None)
+                r["vs_baseline"] = round(dps / base, 2) if base and loop != "baseline" else None
+                info["rows"].append(r)
+                print(f"{kind:5s} {'compiled' if compiled else 'eager':8s} {loop:14s} {r['docs_per_s']:>9,.1f} docs/s "
+                      f"{r['tokens_per_s']:>11,} tokens/s {tflops:8.2f} TFLOP/s" + (f"  MFU {r['mfu']:.1%}" if peak else "")
+                      + (f"  {r['vs_baseline']:.2f}x the plain loop" if r["vs_baseline"] else ""), flush=True)
+                if a.json:
+                    Path(a.json).write_text(json.dumps(info, indent=1))
     if a.profile:
         profile(a, device, data, queries, docs)
     return 0

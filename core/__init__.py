@@ -5,12 +5,21 @@ Ray, MLflow or Optuna, so a trial runs (and is tested) alone, from a notebook or
 
     from ranksweep.core import TrialConfig, run_trial
     final = run_trial(TrialConfig.from_yaml("trial.yaml"), report=lambda m, docs: print(docs, m))
+
+The names below are imported when first used, so ``ranksweep.core.errors`` (what every command's
+error handling needs) loads without torch.
 """
 
-from .config import ConfigError, TrialConfig
-from .executor import Executor, LocalExecutor
-from .preparation import NotPrepared, Prepared, PrepareOptions, prepare
-from .trial import Trial, metric_keys, run_trial
+from importlib import import_module
 
-__all__ = ["ConfigError", "TrialConfig", "Executor", "LocalExecutor", "NotPrepared", "Prepared", "PrepareOptions", "Trial",
-           "metric_keys", "prepare", "run_trial"]
+_WHERE = {"ConfigError": "errors", "RanksweepError": "errors", "TrialConfig": "config", "Executor": "executor",
+          "LocalExecutor": "executor", "NotPrepared": "preparation", "Prepared": "preparation", "PrepareOptions": "preparation",
+          "prepare": "preparation", "Trial": "trial", "metric_keys": "trial", "run_trial": "trial"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

@@ -86,7 +86,7 @@ class CandidateConfig:
 @dataclass(frozen=True)
 class SamplerConfig:
     name: str = _help("random | bm25 | dense | ensemble | teacher | imported", default="bm25")
-    depth: tuple[int, int] = _help("[lo, hi) rank range negatives are drawn from (bm25/dense/ensemble; teacher only without hardest_first)", default=(0, 100))
+    depth: tuple[int, int] = _help("[lo, hi) rank range negatives are drawn from (bm25/dense/ensemble/imported; teacher only without hardest_first)", default=(0, 100))
     skip_top: int = _help("teacher sampler: ranks skipped at the top against false negatives", default=0)
     hardest_first: bool = _help("teacher sampler: take the hardest negatives in order instead of sampling the range", default=True)
     rrf_k: int = _help("ensemble sampler: reciprocal-rank-fusion constant", default=60)
@@ -142,6 +142,10 @@ class StudentConfig:
     scale: Optional[float] = _help("score multiplier (default 20 for cos, 1 for dot)", default=None)
     compile: bool = _help("on CUDA, run the encoder under torch.compile with dynamic shapes (H100, bert-base: 1.85x the eager step)",
                           default=False)
+    packing: Literal["auto", "chunked", "padded", "packed"] = _help(
+        "how a training step's sequences reach the encoder: chunked (length-sorted chunks), padded (one chunk), packed (one "
+        "unpadded row, varlen attention; flash-attn on CUDA); auto: chunked on the CPU, on CUDA the fastest of the three on the "
+        "first batch", default="auto")
 
     @property
     def score_scale(self) -> float:

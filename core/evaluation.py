@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .config import TrialConfig
-from .data.batching import SpecialTokens
+from .data.batching import SpecialTokens, TrainBatch
 from .data.candidates import flat_ip_index, index_search
 from .data.samplers import Sampler, mix_negatives
 from .data.tokens import TokenStore
@@ -87,15 +87,14 @@ class Evaluator:
         """Locality (diameter of the probe groups in the student's space) and, with a teacher, the KL of the
         student's distribution from the teacher's and the teacher's entropy on those groups."""
         cfg = self.cfg
+        batch = TrainBatch.build(self.probe_rows, self.probe_groups, self.queries, self.docs, self.p.teacher)
         with autocast(self.device):
-            out = self.model.forward_groups([self.queries.get(int(r)) for r in self.probe_rows],
-                                            [self.docs.get(int(x)) for x in self.probe_groups.reshape(-1)],
-                                            self.special, cfg.eval.batch_tokens, self.device)
+            out = self.model.forward_groups(batch.queries, batch.docs, self.special, cfg.eval.batch_tokens, self.device)
         a = cfg.eval.diameter_alpha
         diam = diameter(out.embeddings.float().cpu(), a)
         m = {DIAMETER: float(diam.mean()), f"{DIAMETER}_q{round(100 * a)}": float(torch.quantile(diam.double(), a))}
-        if self.p.teacher is not None:
-            t = torch.from_numpy(self.p.teacher.lookup(self.probe_rows, self.probe_groups))
+        if batch.teacher is not None:
+            t = batch.teacher
             m["probe/kl"] = float(kl_divergence(t, out.scores.float().cpu(), cfg.temperature).mean())
             m["probe/teacher_entropy"] = float(listwise_entropy(t, cfg.temperature).mean())
         return m

@@ -25,11 +25,13 @@ from typing import Optional
 
 import torch
 
+from .errors import RanksweepError
+
 STUDENT_FILE = "ranksweep_student.json"
 EPSILON = 1e-4
 
 
-class ExportError(ValueError):
+class ExportError(RanksweepError, ValueError):
     """A trial's model cannot be exported (the message says why)."""
 
 

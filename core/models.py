@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .data.batching import Chunk, SpecialTokens, pair_chunks, single_chunks
+from .data.batching import Chunk, Packed, SpecialTokens, pair_chunks, pair_rows, single_chunks, single_rows
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,13 @@ def pool(hidden: Tensor, mask: Tensor, how: Literal["cls", "mean"]) -> Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def chunk_mask(encoder, c: Chunk) -> Tensor:
+    """The mask a chunk's forward passes: flash-attn takes the 2-D padding mask (and unpads), SDPA ``key_mask``."""
+    if str(getattr(encoder.config, "_attn_implementation", "")).startswith("flash"):
+        return c.attention_mask
+    return key_mask(c)
+
+
 def key_mask(c: Chunk) -> Tensor:
     """The chunk's padding mask as SDPA's (n, 1, 1, L) boolean mask of the keys each position attends to.
 
@@ -151,6 +158,51 @@ def run_chunks(forward, chunks: list[Chunk], n: int, device: torch.device) -> Te
         out = out.index_copy(0, c.index, y.to(out.dtype))
     assert out is not None
     return out
+
+
+#: how a training step's sequences reach the encoder (``student.packing``): ``chunked``, length-sorted chunks each
+#: padded to its own longest; ``padded``, one chunk padded to the step's longest; ``packed``, one row of every
+#: sequence without padding, varlen attention keeping each to itself (flash-attn's kernel on CUDA; on the CPU
+#: transformers builds the block-diagonal mask from the position ids, exact but quadratic in the step's tokens)
+PACKINGS = ("chunked", "padded", "packed")
+
+
+def use_flash_attention(encoder, device: torch.device) -> bool:
+    """Switch ``encoder`` to flash-attn (varlen for packed rows, unpadding for chunks) where it can run: CUDA with the
+    ``flash-attn`` package. True when it did; the encoder keeps SDPA otherwise."""
+    if device.type != "cuda":
+        return False
+    try:
+        encoder.set_attn_implementation("flash_attention_2")
+    except (ImportError, ValueError) as e:
+        logger.info("flash-attn not usable here (%s); packed rows use SDPA with a block-diagonal mask", str(e).splitlines()[0][:120])
+        return False
+    return True
+
+
+def varlen_kwargs(encoder, p: Packed) -> dict:
+    """The attention keywords of a packed forward: flash-attn reads the offsets directly (no host sync to derive them
+    from the position ids); SDPA and eager attention take the block-diagonal mask transformers builds from the
+    position ids."""
+    if str(getattr(encoder.config, "_attn_implementation", "")).startswith("flash"):
+        return {"cu_seq_lens_q": p.cu_seqlens, "cu_seq_lens_k": p.cu_seqlens, "max_length_q": p.max_len, "max_length_k": p.max_len}
+    return {}
+
+
+def packed_states(encoder, p: Packed) -> Tensor:
+    """(T, H) final token states of a packed row."""
+    return encoder(input_ids=p.input_ids, token_type_ids=p.token_type_ids, position_ids=p.position_ids,
+                   **varlen_kwargs(encoder, p)).last_hidden_state[0]
+
+
+def pool_packed(h: Tensor, p: Packed, how: Literal["cls", "mean"]) -> Tensor:
+    """(n, H): each packed sequence's first state, or the mean of its states (as ``pool`` over a padded chunk)."""
+    starts = p.cu_seqlens[:-1].long()
+    if how == "cls":
+        return h[starts]
+    lengths = (p.cu_seqlens[1:] - p.cu_seqlens[:-1]).to(h.dtype)
+    sums = h.new_zeros((len(starts), h.shape[-1])).index_add_(0, p.segments, h)
+    return sums / lengths[:, None]
 
 
 class GroupScores(NamedTuple):
@@ -182,13 +234,22 @@ class BiEncoder(nn.Module):
 
     def embed(self, c: Chunk) -> Tensor:
         """Pooled embeddings (n, H); L2-normalised when the similarity is cosine."""
-        h = self.encoder(input_ids=c.input_ids, attention_mask=key_mask(c), token_type_ids=c.token_type_ids).last_hidden_state
+        h = self.encoder(input_ids=c.input_ids, attention_mask=chunk_mask(self.encoder, c), token_type_ids=c.token_type_ids).last_hidden_state
         e = pool(h, c.attention_mask, self.pooling).float()
         return nn.functional.normalize(e, dim=-1) if self.similarity == "cos" else e
 
-    def encode(self, seqs: Sequence[np.ndarray], special: SpecialTokens, batch_tokens: int, device: torch.device) -> Tensor:
-        """Embeddings (n, H) of token sequences, in the given order."""
-        return run_chunks(self.embed, single_chunks(seqs, special, batch_tokens), len(seqs), device)
+    def embed_packed(self, p: Packed) -> Tensor:
+        """Pooled embeddings (n, H) of a packed row's sequences, as ``embed`` gives them."""
+        e = pool_packed(packed_states(self.encoder, p), p, self.pooling).float()
+        return nn.functional.normalize(e, dim=-1) if self.similarity == "cos" else e
+
+    def encode(self, seqs: Sequence[np.ndarray], special: SpecialTokens, batch_tokens: int, device: torch.device,
+               packing: str = "chunked") -> Tensor:
+        """Embeddings (n, H) of token sequences, in the given order (``packing``: see ``PACKINGS``)."""
+        if packing == "packed":
+            return self.embed_packed(Packed.of(*single_rows(seqs, special)).to(device))
+        chunks = single_chunks(seqs, special, None if packing == "padded" else batch_tokens)
+        return run_chunks(self.embed, chunks, len(seqs), device)
 
     def score_groups(self, q_emb: Tensor, d_emb: Tensor) -> Tensor:
         """Scores (B, G) of queries (B, H) against their groups' documents (B, G, H)."""
@@ -202,12 +263,16 @@ class BiEncoder(nn.Module):
     retrieves = True
 
     def forward_groups(self, queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], special: SpecialTokens,
-                       batch_tokens: int, device: torch.device, all_pairs: bool = False) -> GroupScores:
+                       batch_tokens: int, device: torch.device, all_pairs: bool = False, packing: str = "chunked") -> GroupScores:
         """B queries and their groups' B*G documents (group-major): scores, pooled document embeddings,
         and with ``all_pairs`` every query against every document of the batch."""
         b = len(queries)
-        q = self.encode(queries, special, batch_tokens, device)
-        d = self.encode(docs, special, batch_tokens, device)
+        if packing == "packed":  # queries and documents in one forward
+            both = self.encode([*queries, *docs], special, batch_tokens, device, packing)
+            q, d = both[:b], both[b:]
+        else:
+            q = self.encode(queries, special, batch_tokens, device, packing)
+            d = self.encode(docs, special, batch_tokens, device, packing)
         d3 = d.view(b, len(docs) // b, -1)
         return GroupScores(self.score_groups(q, d3), d3, self.score_all(q, d) if all_pairs else None)
 
@@ -247,28 +312,38 @@ class CrossEncoder(nn.Module):
 
     def forward_pairs(self, c: Chunk) -> Tensor:
         """(n, 1 + H): the score followed by the [CLS] embedding of each pair."""
-        h = self.encoder(input_ids=c.input_ids, attention_mask=key_mask(c), token_type_ids=c.token_type_ids).last_hidden_state
+        h = self.encoder(input_ids=c.input_ids, attention_mask=chunk_mask(self.encoder, c), token_type_ids=c.token_type_ids).last_hidden_state
         cls = h[:, 0]
         score = self.head(cls).float()
         return torch.cat([score, cls.float()], dim=-1)
 
+    def forward_packed(self, p: Packed) -> Tensor:
+        """(n, 1 + H) of a packed row of pairs, as ``forward_pairs`` gives them."""
+        cls = pool_packed(packed_states(self.encoder, p), p, "cls")
+        return torch.cat([self.head(cls).float(), cls.float()], dim=-1)
+
     def score_pairs(
-        self, queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], special: SpecialTokens, batch_tokens: int, device: torch.device
+        self, queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], special: SpecialTokens, batch_tokens: int, device: torch.device,
+        packing: str = "chunked",
     ) -> tuple[Tensor, Tensor]:
-        """Scores (n,) and [CLS] embeddings (n, H) of the pairs, in the given order."""
-        out = run_chunks(self.forward_pairs, pair_chunks(queries, docs, special, batch_tokens), len(queries), device)
+        """Scores (n,) and [CLS] embeddings (n, H) of the pairs, in the given order (``packing``: see ``PACKINGS``)."""
+        if packing == "packed":
+            out = self.forward_packed(Packed.of(*pair_rows(queries, docs, special)).to(device))
+        else:
+            chunks = pair_chunks(queries, docs, special, None if packing == "padded" else batch_tokens)
+            out = run_chunks(self.forward_pairs, chunks, len(queries), device)
         return out[:, 0], out[:, 1:]
 
     #: every score needs a (query, document) forward pass: evaluation re-ranks first-stage candidates
     retrieves = False
 
     def forward_groups(self, queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], special: SpecialTokens,
-                       batch_tokens: int, device: torch.device, all_pairs: bool = False) -> GroupScores:
+                       batch_tokens: int, device: torch.device, all_pairs: bool = False, packing: str = "chunked") -> GroupScores:
         """B queries and their groups' B*G documents (group-major): scores and the pairs' [CLS] embeddings."""
         if all_pairs:
             raise ValueError("in-batch negatives need a bi-encoder student: a cross-encoder scores only the pairs it reads")
         b, g = len(queries), len(docs) // len(queries)
-        s, e = self.score_pairs([queries[i // g] for i in range(b * g)], docs, special, batch_tokens, device)
+        s, e = self.score_pairs([queries[i // g] for i in range(b * g)], docs, special, batch_tokens, device, packing)
         return GroupScores(s.view(b, g), e.view(b, g, -1))
 
     def score_pools(self, queries: Sequence[np.ndarray], pools: Sequence[np.ndarray], doc: Callable[[int], np.ndarray],

@@ -38,12 +38,13 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import RanksweepError
 from .config import TrialConfig
 from .data.bm25 import bm25_candidates, bm25_index
-from .data.cache import cache_root, key_hash, stage
+from .data.cache import cache_root, file_stat_key, key_hash, stage
 from .data.candidates import Candidates, EncoderSpec, dense_candidates
 from .data.imports import ImportedTable, candidate_lists, import_table
-from .data.collections import Collection, QuerySet, _parse_local, file_stat_key, load_collection, query_set, sample_queries, split_train_dev
+from .data.collections import Collection, QuerySet, _parse_local, load_collection, query_set, sample_queries, split_train_dev
 from .data.samplers import SAMPLERS, SamplingPools, random_pools, teacher_order, without
 from .data.store import Ragged, TextStore
 from .data.tokens import TokenStore, doc_tokens, query_tokens, tokenizer_key
@@ -58,7 +59,7 @@ logger = logging.getLogger(__name__)
 LAYOUT = 2
 
 
-class NotPrepared(RuntimeError):
+class NotPrepared(RanksweepError, RuntimeError):
     """A trial needs shared data that its preparation did not build (the message says what)."""
 
 

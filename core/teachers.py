@@ -38,9 +38,9 @@ from .config import TeacherConfig
 from .progress import Progress
 from .data.batching import SpecialTokens, pair_chunks
 from .data.bm25 import bm25_pair_scores
-from .data.cache import cache_root, stage
+from .data.cache import fingerprint, stage
 from .data.candidates import EncoderSpec, doc_embeddings, query_embeddings
-from .data.collections import Corpus, QuerySet, file_stat_key
+from .data.collections import Corpus, QuerySet
 from .data.imports import ImportedTable, import_table, reader
 from .data.store import Ragged, TextStore
 from .data.tokens import TokenStore, doc_tokens, query_tokens
@@ -311,18 +311,7 @@ TEACHERS.register("file", _file_scores)
 
 def file_digest(path: str, root: Optional[Path] = None) -> str:
     """Content hash of a file, memoised by its stat in the cache (large teacher files are hashed once)."""
-    p = Path(path)
-    memo = (root or cache_root()) / "fingerprints" / f"file-{file_stat_key(p)}.txt"
-    if memo.exists():
-        return memo.read_text().strip()
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()[:20]
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(digest)
-    return digest
+    return fingerprint(Path(path), "file", dict, root)["key"]
 
 
 def teacher_key(t: TeacherConfig, root: Optional[Path] = None) -> dict:

@@ -26,12 +26,12 @@ from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from .config import TrialConfig
-from .data.batching import SpecialTokens
+from .data.batching import SpecialTokens, TrainBatch
 from .data.samplers import SAMPLERS, Sampler, mix_negatives
 from .data.tokens import TokenStore
 from .losses import WeightedLoss
 from .metrics import listwise_entropy, pairwise_entropy, summarize
-from .models import GroupScores, autocast
+from .models import GroupScores, autocast, use_flash_attention
 from .preparation import Prepared
 from .teachers import TeacherError
 
@@ -68,6 +68,9 @@ def objective(cfg: TrialConfig) -> list[Term]:
         terms.append(Term(f"train/{t.name}", t.weight, lambda out, teacher, loss=loss: loss(out.scores.float(), teacher, cfg.temperature)))
     if cfg.augment.in_batch:
         g = cfg.group_size
+        if lce_weight:
+            logger.info("augment.in_batch: the lce term (weight %g) is computed over every document of the batch and reported as "
+                        "train/in_batch_lce", lce_weight)
 
         def in_batch_lce(out: GroupScores, teacher: Optional[Tensor]) -> Tensor:
             assert out.all_pairs is not None
@@ -118,6 +121,9 @@ class Trainer:
         # since the last report, on the device
         self._sums: Optional[Tensor] = None  # (1 + len(terms),): total, then each term
         self._count = 0
+        #: ``student.packing`` as resolved on the first batch (``choose_packing``); with its timings when measured
+        self.packing: Optional[str] = None
+        self.packing_times: dict[str, float] = {}
 
     # -- data --------------------------------------------------------------------------------------
     def _next_rows(self, n: int) -> np.ndarray:
@@ -133,19 +139,9 @@ class Trainer:
             out.append(take)
         return np.concatenate(out)
 
-    def _teacher(self, rows: np.ndarray, groups: np.ndarray) -> Optional[Tensor]:
-        if self.p.teacher is None:
-            return None
-        t = self.p.teacher.lookup(rows, groups)
-        if np.isnan(t).any():
-            raise TeacherError(f"{int(np.isnan(t).sum())} (query, doc) pairs of a training batch have no teacher score")
-        t = torch.from_numpy(t)
-        self.entropies.append(listwise_entropy(t, self.cfg.temperature).numpy())
-        self.pair_entropies.append(pairwise_entropy(t, self.cfg.temperature).numpy())
-        return t.to(self.device, non_blocking=True)
-
-    # -- steps -------------------------------------------------------------------------------------
-    def _micro_step(self, n_queries: int) -> None:
+    def next_batch(self, n_queries: int) -> TrainBatch:
+        """The next ``n_queries`` training queries of the epoch order, their groups drawn by the sampler (and mixed with
+        random negatives by ``augment.negatives_mix``), tokens and teacher scores."""
         cfg = self.cfg
         rows = self._next_rows(n_queries)
         before = self.sampler.fills
@@ -153,17 +149,64 @@ class Trainer:
         self.random_fills += self.sampler.fills - before
         if cfg.augment.negatives_mix > 0:
             groups = mix_negatives(groups, cfg.augment.negatives_mix, self.p.pools, rows, self.rng)
-        teacher = self._teacher(rows, groups)
+        return TrainBatch.build(rows, groups, self.queries, self.docs, self.p.teacher)
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _forward(self, batch: TrainBatch, packing: str):
         with autocast(self.device):
-            out = self.model.forward_groups([self.queries.get(int(r)) for r in rows], [self.docs.get(int(x)) for x in groups.reshape(-1)],
-                                            self.special, 1 << 30, self.device, all_pairs=cfg.augment.in_batch)
+            return self.model.forward_groups(batch.queries, batch.docs, self.special, 1 << 30, self.device,
+                                             all_pairs=self.cfg.augment.in_batch, packing=packing)
+
+    def choose_packing(self, batch: TrainBatch) -> str:
+        """``student.packing``, ``auto`` resolved: on the CPU ``chunked`` (padding costs compute there in proportion:
+        4x the padded loop in ``benchmarks/throughput.py``); on CUDA the fastest of chunked, padded and packed on this
+        batch, each timed over two forward and backward passes after one to warm up. Gradients and random state are
+        restored afterwards, so the choice does not change what is trained."""
+        want = self.cfg.student.packing
+        encoder = getattr(self.model, "encoder", None)
+        if want == "packed" or (want == "auto" and self.device.type == "cuda"):
+            flash = encoder is not None and use_flash_attention(encoder, self.device)
+        if want != "auto":
+            return want
+        if self.device.type != "cuda":
+            return "chunked"
+        candidates = ["chunked", "padded", "packed"] if flash else ["chunked", "padded"]
+        cpu_rng, cuda_rng = torch.random.get_rng_state(), torch.cuda.get_rng_state(self.device)
+        for packing in candidates:
+            for rep in range(3):
+                if rep == 1:
+                    torch.cuda.synchronize(self.device)
+                    t0 = time.perf_counter()
+                out = self._forward(batch, packing)
+                out.scores.float().sum().add(out.embeddings.float().sum() * 0).backward()
+            torch.cuda.synchronize(self.device)
+            self.packing_times[packing] = (time.perf_counter() - t0) / 2
+        self.model.zero_grad(set_to_none=True)
+        torch.random.set_rng_state(cpu_rng)
+        torch.cuda.set_rng_state(cuda_rng, self.device)
+        best = min(self.packing_times, key=self.packing_times.get)
+        logger.info("student.packing auto: %s per micro-batch of %d documents -> %s",
+                    ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in self.packing_times.items()), batch.groups.size, best)
+        return best
+
+    def _micro_step(self, n_queries: int) -> None:
+        cfg = self.cfg
+        batch = self.next_batch(n_queries)
+        if self.packing is None:
+            self.packing = self.choose_packing(batch)
+        teacher = None
+        if batch.teacher is not None:
+            self.entropies.append(listwise_entropy(batch.teacher, cfg.temperature).numpy())
+            self.pair_entropies.append(pairwise_entropy(batch.teacher, cfg.temperature).numpy())
+            teacher = batch.teacher.to(self.device, non_blocking=True)
+        out = self._forward(batch, self.packing)
         values = [t.fn(out, teacher) for t in self.terms]
         total = sum(t.weight * v for t, v in zip(self.terms, values))
         step = torch.stack([total, *values]).detach()
         self._sums = step if self._sums is None else self._sums + step
         self._count += 1
         (total / cfg.optim.grad_accum).backward()
-        self.docs_seen += len(rows) * cfg.group_size
+        self.docs_seen += len(batch.rows) * cfg.group_size
 
     def _opt_step(self) -> None:
         if self.cfg.optim.max_grad_norm:

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
+from ranksweep.core.errors import RanksweepError
 from ranksweep.core.config import ConfigError, reference_rows, resolve_trial
 from ranksweep.core.registry import unknown_name_message
 
@@ -31,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint")
 
 
-class SpaceError(ValueError):
+class SpaceError(RanksweepError, ValueError):
     """A search space is malformed; the message names the axis."""
 
 

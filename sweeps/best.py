@@ -11,7 +11,7 @@ from typing import Optional
 
 import yaml
 
-from .runs import ALIASES, SweepReader, count_trials, parse_value
+from .runs import ALIASES, RunsError, SweepReader, count_trials, parse_value
 from .stats import detectable_difference, mean_ci, seed_noise
 
 
@@ -29,23 +29,23 @@ def best(experiment: str, tracking_uri: str, metric: str = "dev/nDCG@10", mode: 
     """
 
     if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
+        raise RunsError(f"--top must be at least 1, got {top}")
     reader = SweepReader(tracking_uri, experiment, sweep)
     trials = reader.trials(filter=filter)
     if not trials:  # asked for something no trial has: said, not an empty table
-        raise ValueError(f"no trial of sweep {reader.name!r} matches the filter {filter!r}" if filter
+        raise RunsError(f"no trial of sweep {reader.name!r} matches the filter {filter!r}" if filter
                          else f"sweep {reader.name!r} has no trial runs yet")
     counted = count_trials(trials)
     runs = counted.full + (counted.stopped if include_stopped else [])
     values = {r.run_id: r.metrics[metric] for r in runs if metric in r.metrics}
     if runs and not values:
         known = sorted({k for r in runs for k in r.metrics})
-        raise ValueError(f"no trial of sweep {reader.name!r} recorded {metric!r} (known metrics: {known})")
+        raise RunsError(f"no trial of sweep {reader.name!r} recorded {metric!r} (known metrics: {known})")
     if group_by:
         known_axes = sorted({k for r in trials for k in r.cell} | {k for r in trials for k in r.params if not k.startswith("axis.")})
         unknown = [g for g in group_by if ALIASES.get(g, g) not in known_axes]
         if unknown:
-            raise ValueError(f"--group-by {','.join(unknown)}: not an axis or config key of sweep {reader.name!r} "
+            raise RunsError(f"--group-by {','.join(unknown)}: not an axis or config key of sweep {reader.name!r} "
                              f"(its axes: {sorted({k for r in trials for k in r.cell})}; short names: {sorted(ALIASES)})")
     step = None
     if include_stopped and counted.stopped:

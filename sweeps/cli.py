@@ -39,7 +39,7 @@ def main_trial(args: list[str]) -> int:
 
     from ranksweep.core.config import ConfigError, TrialConfig, load_yaml, set_dotted
 
-    try:
+    try:  # the config's own errors say "invalid config"; every other expected error is handled by main()
         d = load_yaml(a.config)
         for kv in a.set:
             if "=" not in kv:
@@ -50,13 +50,9 @@ def main_trial(args: list[str]) -> int:
             d["output_dir"] = a.output_dir
         cfg = TrialConfig.from_dict(d)
     except ConfigError as e:
-        print(f"ranksweep trial: invalid config: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"invalid config: {e}") from None
     from ranksweep.core import run_trial
-    from ranksweep.core.data.cache import CacheError
-    from ranksweep.core.data.collections import DatasetError
     from ranksweep.core.evaluation import DIAMETER
-    from ranksweep.core.teachers import TeacherError
     from ranksweep.core.training import ENTROPY
 
     def report(metrics: dict[str, float], docs: int) -> None:
@@ -65,12 +61,8 @@ def main_trial(args: list[str]) -> int:
 
     from ranksweep.core.preflight import check_inputs
 
-    try:
-        check_inputs(cfg)  # every collection and model, before any stage is built
-        final = run_trial(cfg, report=report)
-    except (ConfigError, DatasetError, TeacherError, CacheError) as e:  # bad input or an unusable cache: finished files stay
-        print(f"ranksweep trial: {e}", file=sys.stderr)
-        return 2
+    check_inputs(cfg)  # every collection and model, before any stage is built
+    final = run_trial(cfg, report=report)  # bad input or an unusable cache: main() prints one line; finished files stay
     if a.json:
         print(json.dumps(final, indent=1, sort_keys=True))
     else:
@@ -104,16 +96,11 @@ def main_run(args: list[str]) -> int:
             overrides = {"tracking": {**(raw.get("tracking") or {}), "uri": a.tracking_uri}}
         sweep = load_sweep(a.spec, overrides)
     except SpecError as e:
-        print(f"ranksweep run: invalid sweep: {e}", file=sys.stderr)
-        return 2
+        raise SpecError(f"invalid sweep: {e}") from None
     if a.dry_run:
         print(dry_run_summary(sweep, a.docs_per_s))
         return 0
-    from ranksweep.core.data.cache import CacheError
-    from ranksweep.core.data.collections import DatasetError
-    from ranksweep.core.errors import ConfigError
-    from ranksweep.core.preparation import NotPrepared
-    from ranksweep.core.teachers import TeacherError
+    from ranksweep.core.errors import RanksweepError
     from ranksweep.sweeps.best import best, format_rows
     from ranksweep.sweeps.tuner import SweepInterrupted, run_sweep
 
@@ -121,9 +108,6 @@ def main_run(args: list[str]) -> int:
         (f" --address {a.address}" if a.address else "")
     try:
         results = run_sweep(sweep, address=a.address, resume=a.resume)
-    except (SpecError, ConfigError, DatasetError, TeacherError, NotPrepared, CacheError) as e:
-        print(f"ranksweep run: {e}", file=sys.stderr)
-        return 2
     except SweepInterrupted as e:
         print(f"\nranksweep run: sweep {sweep.name!r} {e}", file=sys.stderr)
         if e.stage == "preparation":
@@ -140,7 +124,7 @@ def main_run(args: list[str]) -> int:
     print(f"\n{len(results)} trials, {errors} failed; MLflow experiment {sweep.experiment!r} at {sweep.tracking_uri}")
     try:
         rows = best(sweep.experiment, sweep.tracking_uri, metric=sweep.fields.metric, mode=sweep.fields.mode, top=a.top, sweep=sweep.name)
-    except ValueError as e:  # MLflow away: the sweep itself is done, and its results are kept by Ray
+    except RanksweepError as e:  # MLflow away: the sweep itself is done, and its results are kept by Ray
         print(f"best settings: not read ({e})")
         return 0
     print(f"best settings by {sweep.fields.metric} (mean ± std over seeds):")
@@ -186,12 +170,8 @@ def main_best(args: list[str]) -> int:
     from ranksweep.sweeps.best import best, format_rows
     from ranksweep.sweeps.spec import absolute_uri
 
-    try:
-        rows = best(a.experiment, absolute_uri(a.tracking_uri), a.metric, a.mode, a.filter,
-                    a.group_by.split(",") if a.group_by else None, a.top, a.sweep, a.include_stopped)
-    except ValueError as e:
-        print(f"ranksweep best: {e}", file=sys.stderr)
-        return 2
+    rows = best(a.experiment, absolute_uri(a.tracking_uri), a.metric, a.mode, a.filter,
+                a.group_by.split(",") if a.group_by else None, a.top, a.sweep, a.include_stopped)
     print(format_rows(rows, a.metric, a.format))
     return 0
 
@@ -212,15 +192,10 @@ def main_export(args: list[str]) -> int:
     p.add_argument("--mlflow", action="store_true", help="also log the folder to the trial's MLflow run as a model")
     p.add_argument("--register", default=None, metavar="NAME", help="register the logged model under NAME (implies --mlflow)")
     a = p.parse_args(args)
-    from ranksweep.core.export import ExportError
     from ranksweep.sweeps.export import export
     from ranksweep.sweeps.spec import absolute_uri
 
-    try:
-        r = export(a.experiment, absolute_uri(a.tracking_uri), a.out, a.trial, a.metric, a.mode, a.sweep, a.mlflow, a.register)
-    except (ExportError, ValueError) as e:
-        print(f"ranksweep export: {e}", file=sys.stderr)
-        return 2
+    r = export(a.experiment, absolute_uri(a.tracking_uri), a.out, a.trial, a.metric, a.mode, a.sweep, a.mlflow, a.register)
     print(f"exported {r['kind']} trial {r['name']} (run {r['run_id']}) to {r['out']}"
           + (f"; logged as {r['model_uri']}" if "model_uri" in r else "") + (f", registered as {a.register!r}" if a.register else ""))
     return 0
@@ -253,7 +228,7 @@ def main_report(args: list[str]) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours covers the whole read
     from pathlib import Path
 
-    from ranksweep.sweeps.report import ReportError, report
+    from ranksweep.sweeps.report import report
     from ranksweep.sweeps.spec import absolute_uri
 
     # before anything is read (and without creating it: a failed report leaves no folder), a folder that cannot be made
@@ -264,12 +239,8 @@ def main_report(args: list[str]) -> int:
         why = "not a directory" if not below.is_dir() else "not writable"
         print(f"ranksweep report: --out {a.out}: cannot create the folder ({below} is {why})", file=sys.stderr)
         return 2
-    try:
-        rep = report(a.experiment, a.out, absolute_uri(a.tracking_uri), a.sweep, a.metric, a.margin, a.alpha, a.level, a.top_k,
-                     a.color_by, a.min_importance_trials, progress=not a.no_progress)
-    except ReportError as e:
-        print(f"ranksweep report: {e}", file=sys.stderr)
-        return 2
+    rep = report(a.experiment, a.out, absolute_uri(a.tracking_uri), a.sweep, a.metric, a.margin, a.alpha, a.level, a.top_k,
+                 a.color_by, a.min_importance_trials, progress=not a.no_progress)
     eq = rep.data["equivalence"]
     print(f"report of sweep {rep.data['sweep']!r}: {rep.files['html']}")
     print(f"  markdown {rep.files['md']}, numbers {rep.files['json']}, {sum(1 for k in rep.files if k not in ('html', 'md', 'json'))} figures")
@@ -309,27 +280,23 @@ def main_plan(args: list[str]) -> int:
     p.add_argument("--docs-per-s", type=float, default=3000.0, help="with --for: training documents per second of a trial (default 3000)")
     a = p.parse_args(args)
     from ranksweep.sweeps.plan import Curves, PlanError, cost_lines, format_plan, plan
-    from ranksweep.sweeps.spec import SpecError, absolute_uri, load_sweep
+    from ranksweep.sweeps.spec import absolute_uri, load_sweep
 
-    try:
-        if a.curves:
-            curves = Curves.load(a.curves)
-        elif a.experiment:
-            curves = Curves.from_mlflow(absolute_uri(a.tracking_uri), a.experiment, a.sweep, a.metric)
-        else:
-            raise PlanError("give --experiment NAME (or --curves FILE)")
-        if a.save_curves:
-            curves.save(a.save_curves)
-        target = load_sweep(a.target) if a.target else None
-        if a.gpus <= 0 or a.docs_per_s <= 0:
-            raise PlanError("--gpus and --docs-per-s must be > 0")
-        if not 0 <= a.min_best_kept <= 1:
-            raise PlanError(f"--min-best-kept: a fraction in [0, 1], got {a.min_best_kept}")
-        result = plan(curves, orders=a.orders, concurrency=a.concurrency, top_k=a.top_k, seed=a.seed, min_best_kept=a.min_best_kept,
-                      timing=a.timing)
-    except (PlanError, SpecError, ValueError) as e:
-        print(f"ranksweep plan: {e}", file=sys.stderr)
-        return 2
+    if a.gpus <= 0 or a.docs_per_s <= 0:
+        raise PlanError("--gpus and --docs-per-s must be > 0")
+    if not 0 <= a.min_best_kept <= 1:
+        raise PlanError(f"--min-best-kept: a fraction in [0, 1], got {a.min_best_kept}")
+    target = load_sweep(a.target) if a.target else None
+    if a.curves:
+        curves = Curves.load(a.curves)
+    elif a.experiment:
+        curves = Curves.from_mlflow(absolute_uri(a.tracking_uri), a.experiment, a.sweep, a.metric)
+    else:
+        raise PlanError("give --experiment NAME (or --curves FILE)")
+    if a.save_curves:
+        curves.save(a.save_curves)
+    result = plan(curves, orders=a.orders, concurrency=a.concurrency, top_k=a.top_k, seed=a.seed, min_best_kept=a.min_best_kept,
+                  timing=a.timing)
     print(format_plan(result, a.format))
     if target is not None and a.format == "table":
         print()
@@ -360,7 +327,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"ranksweep: {unknown_name_message('command', cmd, list(COMMANDS))}", file=sys.stderr)
         return 2
-    return COMMANDS[cmd](rest)
+    from ranksweep.core.errors import RanksweepError
+
+    try:
+        return COMMANDS[cmd](rest)
+    except RanksweepError as e:  # bad input or an unusable environment: one line, no traceback; finished work stays
+        print(f"ranksweep {cmd}: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from ray.tune.schedulers import TrialScheduler
 
+from ranksweep.core.errors import RanksweepError
 from ranksweep.core.config import resolve_trial
 
 from .runs import SweepReader, cell_label, count_trials, mlflow_key
@@ -52,7 +53,7 @@ from .tuner import max_budget
 KEYS = ("scheduler", "params", "compute_fraction", "best_kept", "regret", "topk_kept")
 
 
-class PlanError(ValueError):
+class PlanError(RanksweepError, ValueError):
     """A sweep ``plan`` cannot replay; the message names why."""
 
 

@@ -24,6 +24,7 @@ from typing import Any, Optional, TypeVar
 
 from ranksweep.core import PrepareOptions, prepare
 from ranksweep.core.config import resolve_trial
+from ranksweep.core.data.cache import cache_location
 from ranksweep.core.preflight import check_inputs
 from ranksweep.core.progress import Progress
 
@@ -180,7 +181,7 @@ def prepare_shared(sweep: Sweep, executor: Optional[Any] = None) -> dict[str, st
 
 def shared_cache_path(configured: Optional[str]) -> str:
     """The cache folder as the user gave it (``data.cache_dir``, ``RANKSWEEP_CACHE`` or the default), unresolved."""
-    return configured or os.environ.get("RANKSWEEP_CACHE") or str(Path("~/.cache/ranksweep").expanduser())
+    return str(Path(cache_location(configured)).expanduser())
 
 
 def check_shared(paths: dict[str, str], timeout: float = 60.0) -> None:

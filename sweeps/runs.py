@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import yaml
 
+from ranksweep.core.errors import RanksweepError
+
 logger = logging.getLogger(__name__)
 
 #: the trial's files (metrics, run files, per-query values), in its Ray working directory (the
@@ -163,6 +165,10 @@ def count_trials(runs: list[TrialRun], fallback_budget: int = 0) -> Counted:
     return Counted(full, stopped, failed, running, budget)
 
 
+class RunsError(RanksweepError, ValueError):
+    """A sweep's runs cannot be read as asked: no database, MLflow unreachable, an unknown experiment, sweep or metric."""
+
+
 class SweepReader:
     """The runs of one sweep: ``SweepReader(uri, experiment)`` takes the experiment's latest sweep."""
 
@@ -172,7 +178,7 @@ class SweepReader:
         db = sqlite_path(tracking_uri)
         if db is not None:
             if not db.exists():  # MLflow would create an empty database and find nothing in it
-                raise ValueError(f"no MLflow database at {db} (tracking URI {tracking_uri}); pass the sweep's --tracking-uri")
+                raise RunsError(f"no MLflow database at {db} (tracking URI {tracking_uri}); pass the sweep's --tracking-uri")
         from mlflow.exceptions import MlflowException
 
         bound_http_retries()
@@ -181,10 +187,10 @@ class SweepReader:
         try:
             exp = self.client.get_experiment_by_name(experiment)
         except MlflowException as e:
-            raise ValueError(f"cannot reach MLflow at {tracking_uri}: {str(e).splitlines()[0][:200]}") from None
+            raise RunsError(f"cannot reach MLflow at {tracking_uri}: {str(e).splitlines()[0][:200]}") from None
         if exp is None:
             known = [e.name for e in self.client.search_experiments()]
-            raise ValueError(f"MLflow experiment {experiment!r} not found at {tracking_uri} (experiments there: {known})")
+            raise RunsError(f"MLflow experiment {experiment!r} not found at {tracking_uri} (experiments there: {known})")
         self.experiment = experiment
         self.experiment_id = exp.experiment_id
         parents = self.client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'sweep'",
@@ -194,7 +200,7 @@ class SweepReader:
             parents = [p for p in parents if p.info.run_name == sweep]
         if not parents:
             which = f" named {sweep!r}" if sweep else ""
-            raise ValueError(f"no sweep{which} in experiment {experiment!r} (sweeps there: {names or 'none'})")
+            raise RunsError(f"no sweep{which} in experiment {experiment!r} (sweeps there: {names or 'none'})")
         self.parent = parents[0]
         self.name = self.parent.info.run_name
         self.run_id = self.parent.info.run_id

@@ -23,6 +23,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from ranksweep.core.errors import RanksweepError
 from ranksweep.core import metric_keys
 from ranksweep.core.config import ConfigError, TrialConfig, build_dataclass, load_yaml, resolve_trial
 from ranksweep.search_spaces import SearchSpace, SpaceError, load_space
@@ -30,7 +31,7 @@ from ranksweep.search_spaces import SearchSpace, SpaceError, load_space
 from .runs import sqlite_path
 
 
-class SpecError(ValueError):
+class SpecError(RanksweepError, ValueError):
     """A sweep spec is invalid; the message names the field."""
 
 

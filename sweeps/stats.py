@@ -14,8 +14,10 @@ from typing import Optional
 
 import numpy as np
 
+from ranksweep.core.errors import RanksweepError
 
-class StatsError(ValueError):
+
+class StatsError(RanksweepError, ValueError):
     """The data cannot support the test asked for; the message names what is missing."""
 
 

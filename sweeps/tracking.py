@@ -205,6 +205,12 @@ class MLflowWriter:
             t.done = False
         self._wake.set()
 
+    def ending(self, trial_id: str) -> Optional[dict]:
+        """``{"status", "tags"}`` that the trial's end will write (or wrote); None while it runs."""
+        with self._lock:
+            end = self._trials[trial_id].end
+            return None if end is None else {"status": end["status"], "tags": dict(end["tags"])}
+
     def end_sweep(self, failed: int) -> None:
         with self._lock:
             self._sweep_end = failed
@@ -430,7 +436,7 @@ class MLflowWriter:
         for rid in evict:
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-            get_artifact_repository(self.client.get_run(rid).info.artifact_uri).delete_artifacts(MODEL_DIR)
+            get_artifact_repository(self.client.get_run(rid).info.artifact_uri, tracking_uri=self.tracking_uri).delete_artifacts(MODEL_DIR)
             self.client.set_tag(rid, WEIGHTS, "dropped")
             logger.info("final weights of run %s dropped: no longer among the %s best by %s", rid, keep, metric)
 

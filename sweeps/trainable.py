@@ -18,6 +18,13 @@ from .runs import OUTPUTS
 logger = logging.getLogger(__name__)
 
 
+def share_gpu(gpus: float) -> None:
+    """A trial holding a fraction of a GPU (``resources.gpu < 1``) may allocate that fraction of its memory: Ray
+    places several such trials on one device (each sees it as ``cuda:0``) but does not divide its memory, and
+    the caching allocator of one growing trial would otherwise take its neighbours' headroom."""
+    if 0 < gpus < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(gpus, 0)
+
 
 def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: list[str], cpus: float, gpus: float) -> None:
     """Run (or resume) one trial, reporting metrics and a checkpoint at every evaluation.
@@ -35,6 +42,7 @@ def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: lis
     # a GPU trial never falls back to the CPU: resolve_device raises if CUDA is unusable here
     placement = {"device": "cpu", "num_threads": max(1, int(cpus))} if gpus <= 0 else {"device": "cuda"}
     cfg = resolve_trial(base, cell, seed, output_dir=str(Path.cwd() / OUTPUTS), **placement)
+    share_gpu(gpus)
     trial = Trial(cfg, prepared[combo_key(cell, axes)])
     restored = 0
     ckpt = tune.get_checkpoint()

@@ -8,6 +8,7 @@ to its sources).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -258,3 +259,16 @@ class MlflowServer:
             pass
         self.proc.wait(timeout=30)
         self.proc = None
+
+
+def tracebacks(log: str) -> list[str]:
+    """The tracebacks of ``log`` but those of a Ray worker that Ray stopped with SIGTERM at a trial's end (Ray's
+    handler raises ``SystemExit`` wherever the worker is; inside a garbage-collection callback Python prints it)."""
+    out = []
+    for line in log.splitlines():
+        if "Traceback" in line:
+            worker = re.match(r"\S*\((\w+ pid=\d+)\)", line)
+            if worker and "in sigterm_handler" in "\n".join(x for x in log.splitlines() if f"({worker.group(1)})" in x):
+                continue
+            out.append(line)
+    return out

@@ -16,25 +16,58 @@ from typing import Any, Callable, Optional
 
 from filelock import FileLock
 
+from ..errors import RanksweepError
+
 logger = logging.getLogger(__name__)
 
 #: bump when the layout of any stage changes, so old caches are never misread
 CACHE_VERSION = 2
 
 
-class CacheError(OSError):
+class CacheError(RanksweepError, OSError):
     """The cache cannot be created or written (a read-only or full disk, a path through a file)."""
 
 
+def cache_location(configured: Optional[str] = None) -> str:
+    """The cache folder as the user gave it: ``configured``, else ``$RANKSWEEP_CACHE``, else ``~/.cache/ranksweep``."""
+    return configured or os.environ.get("RANKSWEEP_CACHE") or str(Path.home() / ".cache" / "ranksweep")
+
+
 def cache_root(configured: Optional[str] = None) -> Path:
-    """The cache folder: ``configured``, else ``$RANKSWEEP_CACHE``, else ``~/.cache/ranksweep``."""
-    root = configured or os.environ.get("RANKSWEEP_CACHE") or str(Path.home() / ".cache" / "ranksweep")
-    p = Path(root).expanduser().resolve()
+    """The cache folder (``cache_location``), resolved and created."""
+    p = Path(cache_location(configured)).expanduser().resolve()
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CacheError(f"cache: cannot create {p}: {e.strerror or e}") from None
     return p
+
+
+def file_stat_key(path: Path) -> str:
+    """What identifies a file's version without reading it: resolved path, size, mtime, inode."""
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode()).hexdigest()[:24]
+
+
+def fingerprint(path: Path, kind: str, compute: Callable[[], dict], root: Optional[Path] = None) -> dict:
+    """``{"key": content hash, **compute(...)}`` of a large file, read once per file version.
+
+    The file is hashed in 1 MiB chunks; ``compute()`` may return more facts about it (a document count). The result is remembered in the cache's ``fingerprints/`` under the file's stat
+    (``file_stat_key``), so every later process reads the memo instead of the file.
+    """
+    memo = (root or cache_root()) / "fingerprints" / f"{kind}-{file_stat_key(path)}.json"
+    if memo.exists():
+        return json.loads(memo.read_text())
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    out = {"key": digest.hexdigest()[:20], **compute(), "file": str(path.resolve())}
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, memo)
+    return out
 
 
 def key_hash(key: Any) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RanksweepError
 from ..executor import LOCAL
 from ..registry import unknown_name_message
-from .cache import cache_root, stage
+from .cache import cache_root, fingerprint, stage
 from .store import TextStore
 
 if TYPE_CHECKING:
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(RanksweepError, ValueError):
     """A dataset id cannot be resolved or its files are malformed."""
 
 
@@ -231,12 +230,6 @@ def _load_local(dataset_id: str) -> Collection:
     return Collection(dataset_id, queries, qrels, Corpus(key, count, dataset_id))
 
 
-def file_stat_key(path: Path) -> str:
-    """What identifies a file's version without reading it: resolved path, size, mtime, inode."""
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}".encode()).hexdigest()[:24]
-
-
 def local_corpus_key(corpus_file: Path) -> tuple[str, int]:
     """Content hash and document count of a local ``corpus.jsonl``, memoised by the file's stat.
 
@@ -244,23 +237,8 @@ def local_corpus_key(corpus_file: Path) -> tuple[str, int]:
     the whole file, so it happens once per file version and is remembered in the cache
     (``fingerprints/``); every later process reads the memo instead.
     """
-    memo = cache_root() / "fingerprints" / f"{file_stat_key(corpus_file)}.json"
-    if memo.exists():
-        m = json.loads(memo.read_text())
-        return m["key"], int(m["count"])
-    digest = hashlib.sha256()
-    count = 0
-    with corpus_file.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    for _ in _read_jsonl(corpus_file):
-        count += 1
-    key = digest.hexdigest()[:20]
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "count": count, "file": str(corpus_file.resolve())}))
-    os.replace(tmp, memo)
-    return key, count
+    m = fingerprint(corpus_file, "corpus", lambda: {"count": sum(1 for _ in _read_jsonl(corpus_file))})
+    return m["key"], int(m["count"])
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ranksweep.core.errors import RanksweepError
 from ranksweep.core.evaluation import DIAMETER
 from ranksweep.core.registry import unknown_name_message
 from ranksweep.core.training import ENTROPY
@@ -35,7 +36,7 @@ def slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_")
 
 
-class ReportError(ValueError):
+class ReportError(RanksweepError, ValueError):
     """The sweep cannot give the report asked for; the message names what is missing."""
 
 

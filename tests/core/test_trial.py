@@ -114,7 +114,7 @@ def test_every_loss_trains_a_cross_encoder(tmp_path, tiny_model, loss):
     final = run_trial(cfg, report=lambda m, docs: calls.append((docs, m)))
     _assert_emits_exactly(cfg, calls)
     assert np.isfinite(final[f"train/{loss}"]) and 0.0 <= final["dev/nDCG@10"] <= 1.0
-    assert 0.0 <= final["probe/diameter"] <= 2.0
+    assert final["probe/diameter"] > 0.0  # the probe groups' [CLS] states are distinct pairs, not one collapsed point
 
 
 @pytest.mark.parametrize("sampler", ["random", "bm25", "teacher"])

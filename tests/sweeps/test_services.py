@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, MlflowServer, Postgres, S3Server, fast_config
+from conftest import REPO, MlflowServer, Postgres, S3Server, fast_config, tracebacks
 
 pytestmark = pytest.mark.ray
 
@@ -88,19 +87,6 @@ def _trials(uri: str):
     return c, [r for r in runs if r.data.tags.get("ranksweep.role") == "trial"]
 
 
-def _tracebacks(log: str) -> list[str]:
-    """The tracebacks of ``log`` but those of a Ray worker that Ray stopped with SIGTERM at a trial's end (Ray's
-    handler raises ``SystemExit`` wherever the worker is; inside a garbage-collection callback Python prints it)."""
-    out = []
-    for line in log.splitlines():
-        if "Traceback" in line:
-            worker = re.match(r"\S*\((\w+ pid=\d+)\)", line)
-            if worker and "in sigterm_handler" in "\n".join(x for x in log.splitlines() if f"({worker.group(1)})" in x):
-                continue
-            out.append(line)
-    return out
-
-
 def test_two_sweeps_on_mlflow_over_postgresql_and_s3_survive_the_tracking_service_going_down(tmp_path, tiny_model, services):
     """Two sweeps write to one PostgreSQL-backed MLflow server at once, their Ray storage on S3. Mid-sweep the
     MLflow server is SIGKILLed and PostgreSQL stopped; both come back 15 s later. Every evaluation of every
@@ -134,7 +120,7 @@ def test_two_sweeps_on_mlflow_over_postgresql_and_s3_survive_the_tracking_servic
                 os.killpg(p.pid, signal.SIGKILL)
     for name, p in procs.items():
         assert p.returncode == 0, logs[name][-3000:]
-        assert "best settings by" in logs[name] and not _tracebacks(logs[name]), _tracebacks(logs[name])
+        assert "best settings by" in logs[name] and not tracebacks(logs[name]), tracebacks(logs[name])
     c, trials = _trials(server.url)
     assert len(trials) == 4
     parents = {r.data.tags["mlflow.parentRunId"] for r in trials}

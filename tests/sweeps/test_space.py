@@ -95,7 +95,9 @@ def test_shipped_sweeps_resolve_and_dry_run():
     for p in sorted((REPO / "sweeps").glob("*.yaml")):
         s = load_sweep(p)
         counts[s.name] = s.trial_count()
-        assert "trials" in dry_run_summary(s)
+        summary = dry_run_summary(s)
+        n = s.trial_count()
+        assert (f"= {n} trials" in summary if s.fields.search == "grid" else f"trials: {n} (" in summary) and f"{s.base_config().budget_docs} docs per trial" in summary, summary
     assert counts["quickstart"] == 6 * 2  # 6 cells x 2 seeds
     assert counts["scifact-optuna"] == 48
     assert counts["scifact-ablation"] == (4 * (1 + 4 * 4)) * 3
@@ -171,8 +173,8 @@ def test_a_budget_axis_is_read_per_trial(tmp_path):
         writer.trial(tid, {"budget_docs": budget}, 0, budget, {})
         writer.result(tid, {"docs_seen": 256})
         writer.end_trial(tid, "FINISHED")
-    assert writer._trials["short"].end["tags"]["ranksweep.stopped_early"] == "false"  # its own whole budget
-    assert writer._trials["long"].end["tags"]["ranksweep.stopped_early"] == "true"
+    assert writer.ending("short")["tags"]["ranksweep.stopped_early"] == "false"  # its own whole budget
+    assert writer.ending("long")["tags"]["ranksweep.stopped_early"] == "true"
 
 
 def test_a_conditional_data_axis_prepares_the_base_data_for_the_cells_it_does_not_apply_to():
