@@ -130,11 +130,14 @@ def pool(hidden: Tensor, mask: Tensor, how: Literal["cls", "mean"]) -> Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def uses_flash(encoder) -> bool:
+    """``encoder`` attends with flash-attn (``use_flash_attention`` switched it), not SDPA."""
+    return str(getattr(encoder.config, "_attn_implementation", "")).startswith("flash")
+
+
 def chunk_mask(encoder, c: Chunk) -> Tensor:
     """The mask a chunk's forward passes: flash-attn takes the 2-D padding mask (and unpads), SDPA ``key_mask``."""
-    if str(getattr(encoder.config, "_attn_implementation", "")).startswith("flash"):
-        return c.attention_mask
-    return key_mask(c)
+    return c.attention_mask if uses_flash(encoder) else key_mask(c)
 
 
 def key_mask(c: Chunk) -> Tensor:
@@ -160,11 +163,10 @@ def run_chunks(forward, chunks: list[Chunk], n: int, device: torch.device) -> Te
     return out
 
 
-#: how a training step's sequences reach the encoder (``student.packing``): ``chunked``, length-sorted chunks each
-#: padded to its own longest; ``padded``, one chunk padded to the step's longest; ``packed``, one row of every
-#: sequence without padding, varlen attention keeping each to itself (flash-attn's kernel on CUDA; on the CPU
-#: transformers builds the block-diagonal mask from the position ids, exact but quadratic in the step's tokens)
-PACKINGS = ("chunked", "padded", "packed")
+# How a training step's sequences reach the encoder (``student.packing``): ``chunked``, length-sorted chunks each
+# padded to its own longest; ``padded``, one chunk padded to the step's longest; ``packed``, one row of every
+# sequence without padding, varlen attention keeping each to itself (flash-attn's kernel on CUDA; on the CPU
+# transformers builds the block-diagonal mask from the position ids, exact but quadratic in the step's tokens).
 
 
 def use_flash_attention(encoder, device: torch.device) -> bool:
@@ -184,7 +186,7 @@ def varlen_kwargs(encoder, p: Packed) -> dict:
     """The attention keywords of a packed forward: flash-attn reads the offsets directly (no host sync to derive them
     from the position ids); SDPA and eager attention take the block-diagonal mask transformers builds from the
     position ids."""
-    if str(getattr(encoder.config, "_attn_implementation", "")).startswith("flash"):
+    if uses_flash(encoder):
         return {"cu_seq_lens_q": p.cu_seqlens, "cu_seq_lens_k": p.cu_seqlens, "max_length_q": p.max_len, "max_length_k": p.max_len}
     return {}
 
@@ -245,7 +247,7 @@ class BiEncoder(nn.Module):
 
     def encode(self, seqs: Sequence[np.ndarray], special: SpecialTokens, batch_tokens: int, device: torch.device,
                packing: str = "chunked") -> Tensor:
-        """Embeddings (n, H) of token sequences, in the given order (``packing``: see ``PACKINGS``)."""
+        """Embeddings (n, H) of token sequences, in the given order (``packing``: ``student.packing``, resolved)."""
         if packing == "packed":
             return self.embed_packed(Packed.of(*single_rows(seqs, special)).to(device))
         chunks = single_chunks(seqs, special, None if packing == "padded" else batch_tokens)
@@ -326,7 +328,7 @@ class CrossEncoder(nn.Module):
         self, queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], special: SpecialTokens, batch_tokens: int, device: torch.device,
         packing: str = "chunked",
     ) -> tuple[Tensor, Tensor]:
-        """Scores (n,) and [CLS] embeddings (n, H) of the pairs, in the given order (``packing``: see ``PACKINGS``)."""
+        """Scores (n,) and [CLS] embeddings (n, H) of the pairs, in the given order (``packing``: ``student.packing``, resolved)."""
         if packing == "packed":
             out = self.forward_packed(Packed.of(*pair_rows(queries, docs, special)).to(device))
         else:

@@ -15,7 +15,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Optional
 
-from ranksweep.core.export import ExportError, export_student
+from ranksweep.core.export import STUDENT_FILE, ExportError, export_student, student_info
+from ranksweep.core.trial import MODEL_DIR
 
 from .runs import SweepReader, TrialRun, WEIGHTS, cell_label
 
@@ -23,13 +24,13 @@ from .runs import SweepReader, TrialRun, WEIGHTS, cell_label
 def pick(reader: SweepReader, trial: Optional[str], metric: Optional[str], mode: str) -> tuple[TrialRun, str]:
     """The trial run named ``trial`` (run name or id), or the best by ``metric`` among trials that trained their budget."""
     runs = reader.trials(("FINISHED",))
+    metric = metric or reader.spec_value("metric", "dev/nDCG@10")
     if trial is not None:
         found = [r for r in runs if trial in (r.name, r.run_id)]
         if not found:
             names = ", ".join(r.name for r in runs[:8]) + (" …" if len(runs) > 8 else "")
             raise ExportError(f"no finished trial {trial!r} in sweep {reader.name!r} (trials: {names or 'none'})")
-        return found[0], metric or reader.spec_value("metric", "dev/nDCG@10")
-    metric = metric or reader.spec_value("metric", "dev/nDCG@10")
+        return found[0], metric
     full = [r for r in runs if not r.stopped_early and metric in r.metrics]
     if not full:
         raise ExportError(f"no trial of sweep {reader.name!r} trained its full budget with metric {metric!r}")
@@ -37,6 +38,9 @@ def pick(reader: SweepReader, trial: Optional[str], metric: Optional[str], mode:
 
 
 def model_card(reader: SweepReader, run: TrialRun, config: str, info: dict, metric: str) -> str:
+    import yaml
+
+    cfg = yaml.safe_load(config) or {}
     metrics = "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(run.metrics.items()) if "/" in k)
     kind = "sentence-transformers bi-encoder" if info["kind"] == "bi" else "cross-encoder (transformers sequence classification, one logit)"
     usage = ('from sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer("DIR")\n'
@@ -53,10 +57,10 @@ Trial `{run.name}` of sweep `{reader.name}` (MLflow experiment `{reader.experime
 cell `{cell_label(run.cell)}`, seed {run.seed}; exported by ranksweep {version("ranksweep")}.
 Selection metric `{metric}` = {run.metrics.get(metric, float("nan")):.4f}.
 
-- training data: `{_get(config, "data.train")}`
-- teacher: `{_get(config, "teacher")}`
-- sampler: `{_get(config, "sampler")}`; group size {_get(config, "group_size")}
-- loss: `{_get(config, "loss")}`; temperature {_get(config, "temperature")}
+- training data: `{_get(cfg, "data.train")}`
+- teacher: `{_get(cfg, "teacher")}`
+- sampler: `{_get(cfg, "sampler")}`; group size {_get(cfg, "group_size")}
+- loss: `{_get(cfg, "loss")}`; temperature {_get(cfg, "temperature")}
 - student: `{info["model"]}`, {info.get("num_layers") or "all"} layers; {info.get("pooling", "")} {info.get("similarity", "")}
   (query tokens {info["max_query_length"]}, document tokens {info["max_doc_length"]})
 
@@ -78,10 +82,8 @@ Selection metric `{metric}` = {run.metrics.get(metric, float("nan")):.4f}.
 """
 
 
-def _get(config_yaml: str, dotted: str):
-    import yaml
-
-    d = yaml.safe_load(config_yaml) or {}
+def _get(cfg: dict, dotted: str):
+    d = cfg
     for part in dotted.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return json.dumps(d) if isinstance(d, (dict, list)) else d
@@ -92,7 +94,7 @@ def export(experiment: str, tracking_uri: str, out: str | Path, trial: Optional[
     """Export one trial's kept weights to ``out``; return ``{"run_id", "name", "kind", "out", "model_uri"?}``.
 
     Raises:
-        ExportError / ValueError: an unknown experiment or trial, a trial without kept weights, a non-empty ``out``.
+        ExportError / RunsError: an unknown experiment or trial, a trial without kept weights, a non-empty ``out``.
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -108,15 +110,15 @@ def export(experiment: str, tracking_uri: str, out: str | Path, trial: Optional[
     tags = reader.client.get_run(run.run_id).data.tags
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            src = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="model", tracking_uri=tracking_uri, dst_path=tmp)
+            src = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path=MODEL_DIR, tracking_uri=tracking_uri, dst_path=tmp)
         except (MlflowException, OSError):
             src = None
-        if src is None or not (Path(src) / "ranksweep_student.json").exists():
+        if src is None or not (Path(src) / STUDENT_FILE).exists():
             rule = reader.spec_value("keep_weights", 1)
             raise ExportError(f"trial {run.name!r} has no kept weights (the sweep's keep_weights: {rule}; this run's weights: "
                               f"{tags.get(WEIGHTS, 'none logged')}); export a trial that kept them, e.g. --best")
         config = reader.artifact_text(run.run_id, "config.yaml") or ""
-        info = json.loads((Path(src) / "ranksweep_student.json").read_text())
+        info = student_info(src)
         export_student(src, out, model_card(reader, run, config, info, metric))
     result = {"run_id": run.run_id, "name": run.name, "kind": info["kind"], "out": str(out)}
     if log_mlflow or register:

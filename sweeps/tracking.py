@@ -433,9 +433,9 @@ class MLflowWriter:
         if kept:
             self.client.log_artifacts(t.run_id, str(model), MODEL_DIR)
         self.client.set_tag(t.run_id, WEIGHTS, "kept" if kept else "not kept")
-        for rid in evict:
-            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+        for rid in evict:
             get_artifact_repository(self.client.get_run(rid).info.artifact_uri, tracking_uri=self.tracking_uri).delete_artifacts(MODEL_DIR)
             self.client.set_tag(rid, WEIGHTS, "dropped")
             logger.info("final weights of run %s dropped: no longer among the %s best by %s", rid, keep, metric)
