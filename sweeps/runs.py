@@ -1,6 +1,6 @@
 """A sweep as ranksweep stores it in MLflow, and reading it back (``best``, ``report``).
 
-Writing happens in ``tracking.py``, a Ray Tune callback on the driver. This module only reads
+Writing happens in ``tracking/``, one writer thread on the driver. This module only reads
 and needs no Ray: one parent run per sweep (tag ``ranksweep.role=sweep``), one nested child run
 per trial (``ranksweep.role=trial``) carrying its cell (``ranksweep.cell``, the searched axis
 values as JSON), seed, early-stopping flag, params, metrics (step = docs seen) and output files.
@@ -239,9 +239,12 @@ class SweepReader:
         out.sort(key=lambda t: t.name)
         return out
 
-    def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
-        """``(docs seen, value)`` of ``metric`` at every evaluation of a run."""
+    def history(self, run_id: str, metric: str, times: bool = False) -> list[tuple]:
+        """``(docs seen, value)`` of ``metric`` at every evaluation of a run; with ``times``, ``(docs seen, value,
+        timestamp ms)``."""
         hist = self.client.get_metric_history(run_id, mlflow_key(metric))
+        if times:
+            return sorted((int(m.step), float(m.value), m.timestamp) for m in hist)
         return sorted((int(m.step), float(m.value)) for m in hist)
 
     def values_at_common_step(self, runs: list[TrialRun], metric: str) -> tuple[int, dict[str, float]]:

@@ -17,7 +17,8 @@ from ranksweep.core.data.cache import cache_root
 from .prepare import RayExecutor, check_shared, check_sweep_inputs, prepare_shared, shared_cache_path
 from .schedulers import Resumable, early_stopping
 from .spec import SpecError, Sweep, dump
-from .tracking import MLflowTracking, bound_http_retries, reconcile, run_name, use_tracking_uri, writer_for
+from .runs import bound_http_retries
+from .tracking import LIVE, MLflowTracking, reconcile, run_name
 from .trainable import train_trial
 
 logger = logging.getLogger(__name__)
@@ -322,8 +323,8 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
     check_shared(shared)  # on a cluster: absolute paths that every node sees
     check_writable({**shared, "storage": sweep.storage})
     track = callbacks(sweep, tracking_uri)[0]
-    use_tracking_uri(track.sweep_key, track.tracking_uri)  # a restored callback writes where this run asks, too
-    writer = writer_for(track.sweep_key, track.make_writer)
+    LIVE.use(track.sweep_key, track.tracking_uri)  # a restored callback writes where this run asks, too
+    writer = track.live_writer()
     writer.interrupted, writer.statuses = None, {}
     with Interruption(on_signal=writer.interrupt) as stop:
         try:
@@ -354,13 +355,11 @@ def run_sweep(sweep: Sweep, address: Optional[str] = None, tracking_uri: Optiona
         ended = {t for t, s in writer.statuses.items() if s in ("TERMINATED", "ERROR")}
         reconcile(writer, results, sweep.base, only=ended)
         if not writer.drain(sweep.fields.tracking.flush_timeout):
-            logger.warning("MLflow at %s: results not written yet; `ranksweep run <spec> --resume` writes them", writer.tracking_uri)
+            writer.warn_not_written(path)
         raise SweepInterrupted(stop.signum, "trials", **interrupted_counts(writer.statuses, sweep.trial_count()))
     # whatever MLflow lacks (the server was away, an earlier driver was killed) is written from Ray's results
     reconcile(writer, results, sweep.base)
     writer.end_sweep(len(results.errors))
     if not writer.flush(sweep.fields.tracking.flush_timeout):
-        n, trials = writer.waiting()
-        logger.warning("MLflow at %s is still unreachable: %d results of %d trials not written; they are kept in Ray's results "
-                       "at %s, and `ranksweep run <spec> --resume` writes them once MLflow is back", writer.tracking_uri, n, trials, path)
+        writer.warn_not_written(path)
     return results

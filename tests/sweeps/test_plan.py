@@ -120,7 +120,7 @@ def test_incomplete_curves_are_refused():
 
 
 def _mlflow_sweep(uri: str, docs: list[int], budget: int = 400) -> None:
-    """A sweep as tracking.py writes it: a parent run and trial runs with their dev curves."""
+    """A sweep as the tracking writer writes it: a parent run and trial runs with their dev curves."""
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(tracking_uri=uri)

@@ -1,17 +1,17 @@
-"""MLflow tracking of a sweep: one parent run, one nested child run per trial (the only mlflow writer).
+"""The only MLflow writer of a sweep: one parent run, one nested child run per trial, written on one thread.
 
-Tracking never stops training. The Ray Tune callback only hands events (a trial started, a result,
-a trial ended) to ``MLflowWriter``, whose single thread does every MLflow call, so Tune's event
-loop never waits on MLflow. While the tracking server is away, the writer keeps what it has not
+Tracking never stops training. Producers (the Ray Tune callback on the driver, ``reconcile`` after a
+``fit``) only record events (a trial started, a result, a trial ended) and return; the writer's
+thread does every MLflow call. While the tracking server is away, the writer keeps what it has not
 written, retries with backoff and says so on the console; the sweep trains on. MLflow's own HTTP
-retries are bounded (a call gives up in seconds, the writer retries). Whatever the writer could
-not write before the driver stopped is written later from Ray's own results on disk: after every
-``fit`` (a finished sweep or ``--resume``), ``reconcile`` hands the ResultGrid to the writer.
+retries are bounded (a call gives up in seconds, the writer retries).
 
 Nothing is written twice: runs are found again by tags (``ranksweep.sweep_key`` for the parent,
 ``ranksweep.trial_id`` for a child; the problem users report with ``MLflowLoggerCallback``: ray
 #19978, #23228, #36257), and a step already in a run's history is not logged again. A trial's
 run leaves RUNNING only for FINISHED or FAILED.
+
+This module imports neither Ray nor Tune: it is tested alone against a real MLflow store.
 """
 
 from __future__ import annotations
@@ -27,13 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ray.tune import Callback
-
-from ranksweep.core.config import resolve_trial
 from ranksweep.core.trial import MODEL_DIR, UNSCOPED
 
-from .runs import (CELL, ERROR, NODE_ID, OUTPUTS, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, WEIGHTS, bound_http_retries, cell_label,
-                   mlflow_key, sqlite_path)
+from ..runs import (CELL, NODE_ID, PARENT, ROLE, SEED, STOPPED_EARLY, SWEEP_KEY, TRIAL_ID, WEIGHTS, cell_label, mlflow_key,
+                    sqlite_path)
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +131,14 @@ class MLflowWriter:
     """Every MLflow write of one sweep, on one thread, retried with backoff while the tracking server is away.
 
     The producer methods (``trial``, ``result``, ``end_trial``, ``end_sweep``) only record and never
-    block; ``flush`` waits, with a timeout, until everything recorded is written.
+    block. ``flush`` and ``drain`` wait, with a timeout, on one ``Condition`` that the thread
+    notifies after each round of writes. ``client``: an ``MlflowClient`` (or one wrapping it) to
+    write through; by default one for ``tracking_uri``.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_key: str,
                  params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None,
-                 weights: Optional[dict] = None) -> None:
+                 weights: Optional[dict] = None, client: Any = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         #: which trials' final weights go to MLflow: {"keep": "all" | "none" | k, "metric", "mode"}
@@ -153,9 +152,12 @@ class MLflowWriter:
         self._sweep_end: Optional[int] = None  # failed-trial count once the sweep ended, until written
         self._trials: dict[str, _Trial] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._changed = threading.Condition(self._lock)  # producers → thread (new work), thread → waiters (a round ended)
+        self._pending = False  # something was recorded since the thread last looked
+        self._waiters = 0  # callers in flush/drain: the thread retries at least every second for them
+        self._closed = False
         self._thread: Optional[threading.Thread] = None
-        self._client = None
+        self._client = client
         self.down_since: Optional[float] = None
         self._last_warning = 0.0
         self.written = 0
@@ -171,18 +173,32 @@ class MLflowWriter:
     # -- producer side (Tune's event loop): record and return ---------------------------------------
     def start(self) -> "MLflowWriter":
         if self._thread is None or not self._thread.is_alive():
+            self._closed = False
             self._thread = threading.Thread(target=self._run, name=f"mlflow-writer-{self.sweep_name}", daemon=True)
             self._thread.start()
         return self
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread after its current round (what is not written stays recorded)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _record(self) -> None:
+        """Under the lock: something new to write; wake the thread."""
+        self._pending = True
+        self._changed.notify_all()
+
     def trial(self, trial_id: str, cell: dict, seed: int, budget: int, params: dict[str, str]) -> None:
-        with self._lock:
+        with self._changed:
             if trial_id not in self._trials:
                 self._trials[trial_id] = _Trial(trial_id, cell, seed, budget, params)
-        self._wake.set()
+            self._record()
 
     def result(self, trial_id: str, result: dict) -> None:
-        with self._lock:
+        with self._changed:
             t = self._trials[trial_id]
             t.results.append(dict(result))
             t.last_docs = max(t.last_docs, int(result.get("docs_seen", 0)))
@@ -192,71 +208,94 @@ class MLflowWriter:
             if isinstance(v, (int, float)) and math.isfinite(float(v)):
                 t.value = float(v)
             t.done = False
-        self._wake.set()
+            self._record()
 
     def end_trial(self, trial_id: str, status: str, tags: Optional[dict[str, str]] = None, outputs: Any = None) -> None:
         """``status`` FINISHED or FAILED; ``outputs``: ``(pyarrow filesystem, path)`` of the trial's files."""
-        with self._lock:
+        with self._changed:
             t = self._trials[trial_id]
             tags = dict(tags or {})
             if status == "FINISHED":
                 tags[STOPPED_EARLY] = str(t.last_docs < t.budget).lower()
             t.end = {"status": status, "tags": tags, "outputs": outputs}
             t.done = False
-        self._wake.set()
+            self._record()
 
+    def end_sweep(self, failed: int) -> None:
+        with self._changed:
+            self._sweep_end = failed
+            self._record()
+
+    def interrupt(self, signum: int) -> None:
+        """The driver is stopping on ``signum``: the sweep does not end, its running trials stay open in MLflow."""
+        self.interrupted = signum
+
+    # -- what callers may ask -----------------------------------------------------------------------------
     def ending(self, trial_id: str) -> Optional[dict]:
         """``{"status", "tags"}`` that the trial's end will write (or wrote); None while it runs."""
         with self._lock:
             end = self._trials[trial_id].end
             return None if end is None else {"status": end["status"], "tags": dict(end["tags"])}
 
-    def end_sweep(self, failed: int) -> None:
+    def written_all_of(self, trial_id: str) -> bool:
+        """True when the trial is known and nothing of it waits to be written."""
         with self._lock:
-            self._sweep_end = failed
-        self._wake.set()
-
-    def interrupt(self, signum: int) -> None:
-        """The driver is stopping on ``signum``: the sweep does not end, its running trials stay open in MLflow."""
-        self.interrupted = signum
-
-    def drain(self, timeout: float) -> bool:
-        """Wait until every result and trial end recorded so far is written (open trials stay open); True when it is."""
-        def drained() -> bool:
-            with self._lock:
-                return self.parent_id is not None and not any(t.results or (t.end is not None and not t.done)
-                                                              for t in self._trials.values())
-        return self._wait_until(drained, timeout)
-
-    def _wait_until(self, done, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if done():
-                return True
-            self._wake.set()
-            time.sleep(0.2)
-        return done()
+            t = self._trials.get(trial_id)
+            return t is not None and t.done
 
     def waiting(self) -> tuple[int, int]:
         """``(results, trials)`` still to be written."""
         with self._lock:
-            busy = [t for t in self._trials.values() if not t.done]
-            return sum(len(t.results) for t in busy), len(busy)
+            return self._waiting()
+
+    def _waiting(self) -> tuple[int, int]:
+        busy = [t for t in self._trials.values() if not t.done]
+        return sum(len(t.results) for t in busy), len(busy)
+
+    def _idle(self) -> bool:
+        return self.parent_id is not None and self._sweep_end is None and all(t.done for t in self._trials.values())
+
+    def _drained(self) -> bool:
+        return self.parent_id is not None and not any(t.results or (t.end is not None and not t.done) for t in self._trials.values())
 
     def idle(self) -> bool:
         with self._lock:
-            return self.parent_id is not None and self._sweep_end is None and all(t.done for t in self._trials.values())
+            return self._idle()
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything recorded is written, at most ``timeout`` seconds; True when it is."""
-        return self._wait_until(self.idle, timeout)
+        return self._wait_for(self._idle, timeout)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every result and trial end recorded so far is written (open trials stay open); True when it is."""
+        return self._wait_for(self._drained, timeout)
+
+    def _wait_for(self, done, timeout: float) -> bool:
+        with self._changed:
+            self._waiters += 1
+            self._record()  # a thread in a long backoff retries now
+            try:
+                return self._changed.wait_for(done, timeout)
+            finally:
+                self._waiters -= 1
+
+    def warn_not_written(self, where: Optional[str] = None) -> None:
+        """The one warning for what the sweep leaves unwritten: how much, where it is kept, how to write it."""
+        results, trials = self.waiting()
+        kept = f"they are kept in Ray's results at {where}" if where else "they are kept in Ray's results"
+        logger.warning("MLflow at %s: %d results of %d trials not written yet; %s, and `ranksweep run <spec> --resume` "
+                       "writes them once MLflow is back", self.tracking_uri, results, trials, kept)
 
     # -- the writer thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
         backoff = 0.0
         while True:
-            self._wake.wait(timeout=backoff or 5.0)
-            self._wake.clear()
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending or self._closed,
+                                       timeout=min(backoff or 5.0, 1.0) if self._waiters else (backoff or 5.0))
+                if self._closed:
+                    return
+                self._pending = False
             try:
                 self._write()
             except Exception as e:  # noqa: BLE001 (any failure to reach MLflow: retried, training goes on)
@@ -270,6 +309,9 @@ class MLflowWriter:
                     self._last_warning = now
                 backoff = min(30.0, max(1.0, backoff * 2))
                 continue
+            finally:
+                with self._changed:
+                    self._changed.notify_all()  # waiters re-check what is written
             if self.down_since is not None:
                 logger.warning("MLflow at %s is back after %.0f s; waiting results written", self.tracking_uri,
                                time.monotonic() - self.down_since)
@@ -313,25 +355,18 @@ class MLflowWriter:
         else:
             from importlib.metadata import version
 
-            import ray
-            from mlflow.entities import Param
-
-            tags = {ROLE: "sweep", SWEEP_KEY: self.sweep_key, "ranksweep.version": version("ranksweep"), "ray.version": ray.__version__}
+            tags = {ROLE: "sweep", SWEEP_KEY: self.sweep_key, "ranksweep.version": version("ranksweep"), "ray.version": version("ray")}
             commit = git_commit()
             if commit:
                 tags["mlflow.source.git.commit"] = commit
             parent = c.create_run(exp_id, run_name=self.sweep_name, tags=tags).info.run_id
-            params = [Param(k, v) for k, v in flatten(self.params).items()]
-            for i in range(0, len(params), 100):
-                c.log_batch(parent, params=params[i : i + 100])
+            self._log_params(parent, flatten(self.params))
             for name, text in self.artifacts.items():
                 c.log_text(parent, text, name)
         self.experiment_id, self.parent_id = exp_id, parent
 
     def _attach(self, t: _Trial) -> None:
         """Find the trial's run again (its logged steps with it) or create it with its params."""
-        from mlflow.entities import Param
-
         c = self.client
         found = c.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_ID}` = '{t.trial_id}' and tags.`{PARENT}` = '{self.parent_id}'")
         if found:
@@ -347,9 +382,15 @@ class MLflowWriter:
             tags = {PARENT: self.parent_id, ROLE: "trial", TRIAL_ID: t.trial_id, CELL: json.dumps(t.cell, sort_keys=True, default=list),
                     SEED: str(t.seed)}
             t.run_id = c.create_run(self.experiment_id, run_name=run_name(t.cell, t.seed), tags=tags).info.run_id
-        params = [Param(k, v) for k, v in t.params.items()]
-        for i in range(0, len(params), 100):
-            c.log_batch(t.run_id, params=params[i : i + 100])
+        self._log_params(t.run_id, t.params)
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """MLflow takes at most 100 params per batch."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def _write_trial(self, t: _Trial) -> None:
         from mlflow.entities import RunTag
@@ -455,127 +496,3 @@ def _settled_sizes(fs, path: str, wait: float = 1.0, tries: int = 30) -> dict[st
         prev = sizes
         time.sleep(wait)
     return prev or {}
-
-
-_WRITERS: dict[str, MLflowWriter] = {}  # one live writer per sweep in this process (the callback and reconcile share it)
-_URIS: dict[str, str] = {}  # the tracking URI the current run asked for, per sweep (a restored callback takes it)
-
-
-def writer_for(sweep_key: str, make) -> MLflowWriter:
-    """The sweep's live writer in this process, made and started by ``make()`` when there is none."""
-    w = _WRITERS.get(sweep_key)
-    if w is None or w.tracking_uri != _URIS.get(sweep_key, w.tracking_uri):
-        w = _WRITERS[sweep_key] = make()
-    return w.start()
-
-
-def use_tracking_uri(sweep_key: str, uri: str) -> None:
-    """Tracking of ``sweep_key`` in this process goes to ``uri`` (a callback restored with an older URI follows)."""
-    _URIS[sweep_key] = uri
-
-
-def trial_params(base: dict, cell: dict, seed: int) -> tuple[int, dict[str, str]]:
-    """A trial's budget and its MLflow params: the full resolved config (defaults included), its axes and seed."""
-    cfg = resolve_trial(base, cell, seed)
-    params = {**flatten(cfg.to_dict()), **{f"axis.{k}": str(v) for k, v in cell.items()}, "seed": str(seed)}
-    params.pop("output_dir", None)
-    return cfg.budget_docs, params
-
-
-def reconcile(writer: MLflowWriter, results, base: dict, only: Optional[set[str]] = None) -> None:
-    """Hand every trial of a ResultGrid to the writer: whatever MLflow lacks of them gets written.
-
-    Ray keeps each trial's results and files in the sweep's storage; after a sweep whose writer
-    could not finish (the tracking server away, the driver killed), a later ``--resume`` writes
-    them from there. Steps already in a run are skipped, so a complete sweep costs one look per trial.
-    ``only``: the trial ids that ended (an interrupted sweep's running trials are not ended here).
-    """
-    for r in results:
-        config = r.config or {}
-        tid = (r.metrics or {}).get("trial_id")
-        if not tid or (only is not None and tid not in only):
-            continue
-        cell, seed = config.get("params", {}), int(config.get("seed", 0))
-        with writer._lock:
-            known = writer._trials.get(tid)
-            if known is not None and known.done:
-                continue
-        budget, params = trial_params(base, cell, seed)
-        writer.trial(tid, cell, seed, budget, params)
-        try:
-            rows = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None else [r.metrics]
-        except Exception:  # noqa: BLE001 (no progress file: only the last result is known)
-            rows = [r.metrics]
-        for row in sorted(rows, key=lambda x: x.get("docs_seen", 0)):
-            writer.result(tid, {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))})
-        status = "FAILED" if r.error else "FINISHED"
-        tags = {ERROR: str(r.error)[-4000:]} if r.error else {}
-        writer.end_trial(tid, status, tags, (r.filesystem, f"{r.path}/{OUTPUTS}"))
-
-
-class MLflowTracking(Callback):
-    """Ray Tune callback: hands the sweep's events to its ``MLflowWriter`` (it never calls MLflow itself)."""
-
-    def __init__(self, tracking_uri: str, experiment: str, sweep_name: str, sweep_key: str, base: Optional[dict] = None,
-                 params: Optional[dict] = None, artifacts: Optional[dict[str, str]] = None, flush_timeout: float = 600.0,
-                 weights: Optional[dict] = None) -> None:
-        self.tracking_uri = tracking_uri
-        self.weights = weights
-        self.experiment = experiment
-        self.sweep_name = sweep_name
-        self.sweep_key = sweep_key
-        self.base = base or {}
-        self.params = params or {}
-        self.artifacts = artifacts or {}
-        self.flush_timeout = flush_timeout
-        self.writer: Optional[MLflowWriter] = None
-
-    def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment state
-        s = dict(self.__dict__)
-        s["writer"] = None
-        return s
-
-    def make_writer(self) -> MLflowWriter:
-        uri = _URIS.get(self.sweep_key, self.tracking_uri)
-        return MLflowWriter(uri, self.experiment, self.sweep_name, self.sweep_key, self.params, self.artifacts,
-                            getattr(self, "weights", None))
-
-    def setup(self, **info) -> None:
-        bound_http_retries()
-        self.writer = writer_for(self.sweep_key, self.make_writer)
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        cell, seed = trial.config.get("params", {}), int(trial.config.get("seed", 0))
-        budget, params = trial_params(self.base, cell, seed)
-        self.writer.trial(trial.trial_id, cell, seed, budget, params)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.writer.result(trial.trial_id, result)
-
-    def _outputs(self, trial):
-        return trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/{OUTPUTS}"
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.writer.end_trial(trial.trial_id, "FINISHED", {}, self._outputs(trial))
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        err = ""
-        try:
-            if trial.error_file and Path(trial.error_file).exists():
-                err = Path(trial.error_file).read_text()[-4000:]
-        except (OSError, AttributeError):
-            pass
-        self.writer.end_trial(trial.trial_id, "FAILED", {ERROR: err or "trial failed (see the Ray trial folder)"}, self._outputs(trial))
-
-    def on_step_end(self, iteration, trials, **info) -> None:
-        self.writer.statuses = {t.trial_id: t.status for t in trials}
-
-    def on_experiment_end(self, trials, **info) -> None:
-        if self.writer.interrupted is not None:  # Tune marks the trials it stopped TERMINATED: they are not
-            self.writer.drain(min(self.flush_timeout, 30))  # ended in MLflow, and the sweep stays open for --resume
-            return
-        self.writer.end_sweep(sum(t.status == "ERROR" for t in trials))
-        if not self.writer.flush(self.flush_timeout):
-            results, n = self.writer.waiting()
-            logger.warning("MLflow at %s: %d results of %d trials not written yet; they are kept in Ray's results, and "
-                           "`ranksweep run <spec> --resume` writes them once MLflow is back", self.writer.tracking_uri, results, n)
