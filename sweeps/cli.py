@@ -98,6 +98,8 @@ def main_run(args: list[str]) -> int:
     except SpecError as e:
         raise SpecError(f"invalid sweep: {e}") from None
     if a.dry_run:
+        from ranksweep.sweeps.cost import dry_run_summary
+
         print(dry_run_summary(sweep, a.docs_per_s))
         return 0
     from ranksweep.core.errors import RanksweepError
@@ -131,24 +133,6 @@ def main_run(args: list[str]) -> int:
     print(format_rows(rows, sweep.fields.metric))
     print(f"\nreport: ranksweep report --experiment {sweep.experiment} --tracking-uri {sweep.tracking_uri} --out reports/{sweep.name}")
     return 0
-
-
-def dry_run_summary(sweep, docs_per_s: float | None = None) -> str:
-    cfg = sweep.base_config()
-    n = sweep.trial_count()
-    per = cfg.budget_docs
-    rate = docs_per_s or (3000.0 if sweep.fields.resources.gpu > 0 else 25.0)
-    hours = n * per / rate / 3600
-    lines = [f"sweep {sweep.name!r}: search={sweep.fields.search}, axes={sweep.space.keys()}"]
-    if sweep.fields.search == "grid":
-        lines.append(f"cells: {len(sweep.space.grid())} x seeds {sweep.seeds} = {n} trials")
-    else:
-        lines.append(f"trials: {n} ({sweep.fields.search} samples)")
-    lines.append(f"budget: {per} docs per trial, {n * per:,} docs in all (an upper bound: early stopping trims it)")
-    lines.append(f"cost at {rate:g} docs/s per trial: {hours:.2f} trial-hours "
-                 f"({'GPU' if sweep.fields.resources.gpu > 0 else 'CPU'}; --docs-per-s sets the rate)")
-    lines.append(f"scheduler: {sweep.fields.scheduler.name}, metric {sweep.fields.metric} ({sweep.fields.mode})")
-    return "\n".join(lines)
 
 
 def main_best(args: list[str]) -> int:

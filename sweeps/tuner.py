@@ -14,6 +14,7 @@ from typing import Optional
 from ranksweep.core import TrialConfig
 from ranksweep.core.data.cache import cache_root
 
+from .cost import max_budget
 from .prepare import RayExecutor, check_shared, check_sweep_inputs, prepare_shared, shared_cache_path
 from .schedulers import Resumable, early_stopping
 from .spec import SpecError, Sweep, dump
@@ -29,14 +30,6 @@ def sweep_key(sweep: Sweep) -> str:
     spec = {k: v for k, v in sweep.raw.items() if k != "tracking"}
     blob = json.dumps({"name": sweep.name, "storage": sweep.storage, "spec": spec}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def max_budget(sweep: Sweep) -> int:
-    """The largest ``budget_docs`` of any trial of the sweep (it can be an axis)."""
-    for a in sweep.space.axes:
-        if a.key == "budget_docs":
-            return int(max(a.values) if a.categorical else a.high)
-    return sweep.base_config().budget_docs
 
 
 def scheduler_journal(sweep: Sweep) -> Path:

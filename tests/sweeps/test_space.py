@@ -89,7 +89,7 @@ def test_continuous_axis_has_no_grid():
 
 
 def test_shipped_sweeps_resolve_and_dry_run():
-    from ranksweep.sweeps.cli import dry_run_summary
+    from ranksweep.sweeps.cost import dry_run_summary
 
     counts = {}
     for p in sorted((REPO / "sweeps").glob("*.yaml")):
@@ -157,9 +157,9 @@ def test_cluster_yaml_passes_ray_validation():
 def test_a_budget_axis_is_read_per_trial(tmp_path):
     """``budget_docs`` as an axis: each trial's budget comes from its own resolved config (cost, ASHA's max_t,
     the MLflow params and whether a finished trial was stopped early), not from the base trial's."""
-    from ranksweep.sweeps.plan import sweep_docs
+    from ranksweep.sweeps.cost import sweep_docs
     from ranksweep.sweeps.tracking import MLflowWriter, trial_params
-    from ranksweep.sweeps.tuner import max_budget
+    from ranksweep.sweeps.cost import max_budget
 
     sweep = load_sweep(_spec(tmp_path, space={"axes": {"budget_docs": [256, 512, 1024]}}, seeds=2))
     assert sweep.base_config().budget_docs not in (256, 512, 1024)
