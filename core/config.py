@@ -30,7 +30,9 @@ from .data.collections import check_dataset_id
 from .data.samplers import SAMPLERS
 from .errors import ConfigError
 from .losses import LOSSES, check_loss_params
+from .models import STUDENTS
 from .registry import unknown_name_message
+from .teachers import TEACHERS, check_teacher
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -94,7 +96,7 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    kind: str = _help("bi | cross | bm25 | file | ensemble | none", default="ensemble")
+    kind: str = _help(" | ".join(TEACHERS), default="ensemble")
     model: Optional[str] = _help("HF model path or name for bi/cross ('minilm' = all-MiniLM-L6-v2)", default=None)
     pooling: Literal["cls", "mean"] = _help("bi teacher pooling", default="mean")
     similarity: Literal["dot", "cos"] = _help("bi teacher similarity", default="cos")
@@ -108,6 +110,11 @@ class TeacherConfig:
     members: tuple["TeacherConfig", ...] = _help(
         "ensemble members, each a teacher with a weight (the default teacher: minilm bi + bm25, weight 1 each)", default=())
     weight: float = _help("weight inside an ensemble", default=1.0)
+
+    @property
+    def scores(self) -> bool:
+        """It gives scores (``kind: none`` does not): distillation terms, the sampler ``teacher`` and entropy need them."""
+        return TEACHERS[self.kind].scores
 
 
 DEFAULT_TEACHER = {
@@ -134,7 +141,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    kind: str = _help("bi | cross", default="bi")
+    kind: str = _help(" | ".join(STUDENTS), default="bi")
     model: str = _help("HF model path or name ('minilm' = all-MiniLM-L6-v2)", default="minilm")
     num_layers: Optional[int] = _help("keep only the first N transformer layers (student size)", default=2)
     pooling: Literal["cls", "mean"] = _help("bi student pooling", default="mean")
@@ -391,10 +398,6 @@ _TEACHER_DEFAULT = _build(TeacherConfig, DEFAULT_TEACHER, "teacher")
 # Semantic checks
 # ---------------------------------------------------------------------------------------------
 
-STUDENT_KINDS = ("bi", "cross")
-TEACHER_KINDS = ("bi", "cross", "bm25", "file", "ensemble", "none")
-
-
 def _need(cond: bool, path: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{path}: {msg}")
@@ -403,9 +406,9 @@ def _need(cond: bool, path: str, msg: str) -> None:
 def _validate(c: TrialConfig) -> None:
     if c.sampler.name not in SAMPLERS:
         raise ConfigError("sampler.name: " + unknown_name_message("sampler", c.sampler.name, list(SAMPLERS)))
-    if c.student.kind not in STUDENT_KINDS:
-        raise ConfigError("student.kind: " + unknown_name_message("student kind", c.student.kind, list(STUDENT_KINDS)))
-    _validate_teacher(c.teacher, "teacher")
+    if c.student.kind not in STUDENTS:
+        raise ConfigError("student.kind: " + unknown_name_message("student kind", c.student.kind, list(STUDENTS)))
+    check_teacher(c.teacher, "teacher")
     _need(c.group_size >= 2, "group_size", f"must be >= 2 (1 positive + at least 1 negative), got {c.group_size}")
     _need(c.budget_docs > 0, "budget_docs", f"must be > 0, got {c.budget_docs}")
     if c.budget_docs % c.group_size:
@@ -424,7 +427,7 @@ def _validate(c: TrialConfig) -> None:
             check_loss_params(term.name, term.params)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"loss[{i}].params: {e}") from None
-        if LOSSES[term.name].needs_teacher and c.teacher.kind == "none":
+        if LOSSES[term.name].needs_teacher and not c.teacher.scores:
             raise ConfigError(f"loss[{i}].name: loss {term.name!r} needs teacher scores but teacher.kind is 'none'")
     imp = c.candidates.imported
     if c.sampler.name == "imported" and imp is None:
@@ -433,9 +436,9 @@ def _validate(c: TrialConfig) -> None:
     if imp is not None:
         _need(Path(imp.path).exists(), "candidates.imported.path", f"file not found: {imp.path}")
         _need(imp.per_system is None or imp.per_system >= 1, "candidates.imported.per_system", f"must be >= 1, got {imp.per_system}")
-        _need(imp.teacher_margin is None or c.teacher.kind != "none", "candidates.imported.teacher_margin",
+        _need(imp.teacher_margin is None or c.teacher.scores, "candidates.imported.teacher_margin",
               "the margin filter needs a teacher (teacher.kind is 'none')")
-    if c.sampler.name == "teacher" and c.teacher.kind == "none":
+    if c.sampler.name == "teacher" and not c.teacher.scores:
         raise ConfigError("sampler.name: the 'teacher' sampler needs a teacher (teacher.kind is 'none')")
     lo, hi = c.sampler.depth
     _need(0 <= lo < hi, "sampler.depth", f"needs 0 <= lo < hi, got {[lo, hi]}")
@@ -448,7 +451,7 @@ def _validate(c: TrialConfig) -> None:
     if c.augment.entropy_band is not None:
         blo, bhi = c.augment.entropy_band
         _need(0.0 <= blo < bhi <= 1.0, "augment.entropy_band", f"needs 0 <= lo < hi <= 1 (quantiles), got {[blo, bhi]}")
-        _need(c.teacher.kind != "none", "augment.entropy_band", "needs a teacher")
+        _need(c.teacher.scores, "augment.entropy_band", "needs a teacher")
     _need(0.0 < c.data.dev_fraction < 1.0, "data.dev_fraction", f"must be in (0, 1), got {c.data.dev_fraction}")
     _need(c.data.max_query_length > 0 and c.data.max_doc_length > 0, "data.max_doc_length", "lengths must be > 0")
     if c.student.num_layers is not None:
@@ -491,24 +494,6 @@ def _validate(c: TrialConfig) -> None:
         _need(did != c.data.train, f"data.eval[{i}]", f"{did!r} is the training collection; evaluate on held-out queries")
     _need(c.eval.dev_depth <= c.candidates.bm25_depth, "eval.dev_depth",
           f"{c.eval.dev_depth} exceeds candidates.bm25_depth {c.candidates.bm25_depth} (dev re-ranks BM25 candidates)")
-
-
-def _validate_teacher(t: TeacherConfig, path: str) -> None:
-    if t.kind not in TEACHER_KINDS:
-        raise ConfigError(f"{path}.kind: " + unknown_name_message("teacher kind", t.kind, list(TEACHER_KINDS)))
-    _need(t.weight > 0, f"{path}.weight", f"must be > 0, got {t.weight}")
-    if t.kind in ("bi", "cross"):
-        _need(bool(t.model), f"{path}.model", f"a {t.kind} teacher needs a model path or name")
-    if t.kind == "file":
-        _need(bool(t.path), f"{path}.path", "a file teacher needs a path")
-        _need(Path(t.path).exists(), f"{path}.path", f"teacher file not found: {t.path}")
-    if t.kind == "ensemble":
-        _need(len(t.members) >= 1, f"{path}.members", "an ensemble teacher needs members")
-        for i, m in enumerate(t.members):
-            _need(m.kind not in ("ensemble", "none"), f"{path}.members[{i}].kind", "members cannot be ensembles or none")
-            _validate_teacher(m, f"{path}.members[{i}]")
-    elif t.members:
-        raise ConfigError(f"{path}.members: only an ensemble teacher takes members")
 
 
 def reference_rows(cls: type = TrialConfig, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -40,7 +40,7 @@ def eval_metric_keys(cfg: TrialConfig, eval_names: list[str] = (), final: bool =
     ``eval.collections_every_eval``) each eval collection's measures, named ``<set>/<measure>``."""
     a = cfg.eval.diameter_alpha
     keys = [DIAMETER, f"{DIAMETER}_q{round(100 * a)}"]
-    if cfg.teacher.kind != "none":
+    if cfg.teacher.scores:
         keys += ["probe/kl", "probe/teacher_entropy"]
     keys.append(f"dev/{cfg.eval.selection}")
     if final or cfg.eval.collections_every_eval:

@@ -21,6 +21,7 @@ from .data.collections import DatasetError, _parse_local, _read_jsonl
 from .data.imports import check_head
 from .errors import ConfigError, TeacherError
 from .models import resolve_model
+from .teachers import TEACHERS
 
 FIRST_RECORDS = 100
 
@@ -53,8 +54,8 @@ def check_model(name: str, where: str) -> None:
 
 def teacher_models(t: TeacherConfig, where: str = "teacher") -> Iterable[tuple[str, str]]:
     """``(model, config path)`` of every model a teacher (and its ensemble members) loads."""
-    if t.model and t.kind in ("bi", "cross"):
-        yield t.model, f"{where}.model"
+    for model in TEACHERS[t.kind].models(t):
+        yield model, f"{where}.model"
     for i, m in enumerate(t.members):
         yield from teacher_models(m, f"{where}.members[{i}]")
 
@@ -97,8 +98,8 @@ def check_collection(dataset_id: str, where: str, records: int = FIRST_RECORDS) 
 
 def teacher_files(t: TeacherConfig, where: str = "teacher") -> Iterable[tuple[str, str, str]]:
     """``(path, format, config path)`` of every file a teacher (and its ensemble members) reads."""
-    if t.kind == "file" and t.path:
-        yield t.path, t.format, f"{where}.path"
+    for path, fmt in TEACHERS[t.kind].files(t):
+        yield path, fmt, f"{where}.path"
     for i, m in enumerate(t.members):
         yield from teacher_files(m, f"{where}.members[{i}]")
 

@@ -51,7 +51,7 @@ from .data.tokens import TokenStore, doc_tokens, query_tokens, tokenizer_key
 from .executor import LOCAL, Executor
 from .metrics import evaluate
 from .models import load_tokenizer
-from .teachers import ScoreTable, ScoringContext, TeacherError, TeacherScores, file_digest, rerank_run, teacher_key, teacher_scores
+from .teachers import TEACHERS, ScoreTable, ScoringContext, TeacherError, TeacherScores, file_digest, rerank_run, teacher_key, teacher_scores
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def positives_of(col: Collection, qids: Sequence[str], docs: TextStore) -> Ragge
 
 
 def _reads_files(t) -> bool:
-    return t.kind == "file" or any(m.kind == "file" for m in t.members)
+    return any(TEACHERS[m.kind].files(m) for m in (t, *t.members))
 
 
 def imported_negatives(table: ImportedTable, imp, positives: Ragged, teacher: Optional[TeacherScores]) -> Ragged:
@@ -386,7 +386,7 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
     teacher = None
     teacher_tables: dict[str, str] = {}
     train_rows = np.arange(n_train)
-    if cfg.teacher.kind != "none":
+    if cfg.teacher.scores:
         empty = np.zeros(0, dtype=np.int64)
         # A query matching fewer documents than the BM25 depth has a short list, and samplers fill
         # its groups from the random pool: that pool is scored with the query's BM25 component.
@@ -427,7 +427,7 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
         cand = bm25_candidates(root, col.corpus, qset, cfg.eval.depth, executor, o.cpus, o.shard_queries)
         es_teacher = None
         ctx.bm25_candidates[qset.key] = cand
-        if cfg.teacher.kind != "none":
+        if cfg.teacher.scores:
             es_teacher = teacher_scores(cfg.teacher, ctx, col.corpus, qset,
                                         {"bm25": Ragged.from_rows([cand.ranked(i) for i in range(len(qids))])})
         name = col.name

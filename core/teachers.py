@@ -1,6 +1,6 @@
 """Teacher scores: computed once per (teacher, query set, candidate component), read from disk.
 
-A teacher scores (query, document) pairs. Kinds (registry ``TEACHERS``):
+A teacher scores (query, document) pairs. Kinds (registry ``TEACHERS``, one ``TeacherKind`` each):
 
 - ``bi``: any HF encoder, pooled embeddings, dot or cosine (document embeddings are cached and
   shared with dense candidates of the same model);
@@ -9,7 +9,8 @@ A teacher scores (query, document) pairs. Kinds (registry ``TEACHERS``):
 - ``file``: imported scores, streamed from any format of ``data/imports.py`` (the seed code's JSON,
   TREC runs, sentence-transformers hard negatives, cross-encoder score pickles, Hofstätter's TSV,
   Tevatron/FlagEmbedding JSONL, ColBERT examples);
-- ``ensemble``: a weighted sum of per-query z-normalised member scores.
+- ``ensemble``: a weighted sum of per-query z-normalised member scores;
+- ``none``: no teacher (contrastive losses only).
 
 Pairs are grouped in *components*, one per candidate list (``bm25`` = BM25 top-k plus the
 judged positives, ``dense``, ``random``), each a cached score table whose rows follow the query
@@ -34,7 +35,6 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from .config import TeacherConfig
 from .progress import Progress
 from .data.batching import SpecialTokens, pair_chunks
 from .data.bm25 import bm25_pair_scores
@@ -42,14 +42,15 @@ from .data.cache import fingerprint, stage
 from .data.candidates import EncoderSpec, doc_embeddings, query_embeddings
 from .data.collections import Corpus, QuerySet
 from .data.imports import ImportedTable, import_table, reader
-from .data.store import Ragged, TextStore
+from .data.store import Ragged
 from .data.tokens import TokenStore, doc_tokens, query_tokens
-from .errors import TeacherError
+from .errors import ConfigError, TeacherError
 from .executor import LOCAL
 from .models import SequenceClassifier, autocast, load_tokenizer, pinned_threads, resolve_device, resolve_model, run_chunks
-from .registry import Registry
+from .registry import Registry, unknown_name_message
 
 if TYPE_CHECKING:
+    from .config import TeacherConfig
     from .executor import Executor
 
 logger = logging.getLogger(__name__)
@@ -260,11 +261,6 @@ def _collect(jobs, work: Path) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _bm25_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
-    return bm25_pair_scores(ctx.root, corpus, queries, pools, work, ctx.executor, ctx.cpus, ctx.shard_queries,
-                            ctx.bm25_candidates.get(queries.key))
-
-
 def read_teacher_file(path: str | Path, fmt: str = "auto") -> dict[str, dict[str, float]]:
     """``{qid: {docid: score}}`` of a small teacher file of any imported format (tests, inspection).
 
@@ -294,38 +290,164 @@ def file_table(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: Q
                         t.on_unknown, ctx.executor)
 
 
-def _file_scores(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
-    table = file_table(t, ctx, corpus, queries)
-    if table.info["records"] and not table.info["scored"]:
-        raise TeacherError(f"teacher file {t.path} ({table.info['format']}) holds no scores, only ids: it can serve as candidates "
-                           "(candidates.imported), not as a teacher")
-    return table.lookup(pools)
-
-
-TEACHERS: Registry = Registry("teacher kind")
-TEACHERS.register("bi", _bi_scores)
-TEACHERS.register("cross", _cross_scores)
-TEACHERS.register("bm25", _bm25_scores)
-TEACHERS.register("file", _file_scores)
-
-
 def file_digest(path: str, root: Optional[Path] = None) -> str:
     """Content hash of a file, memoised by its stat in the cache (large teacher files are hashed once)."""
     return fingerprint(Path(path), "file", dict, root)["key"]
 
 
-def teacher_key(t: TeacherConfig, root: Optional[Path] = None) -> dict:
-    """What determines a teacher's scores (an ensemble: its members and weights)."""
-    if t.kind == "ensemble":
+# ---------------------------------------------------------------------------------------------
+# Teacher kinds: the registry ``TEACHERS`` is the only list of them
+# ---------------------------------------------------------------------------------------------
+
+
+class TeacherKind:
+    """One kind of teacher: what its config needs, what determines its scores, how it scores pairs, what it may miss.
+
+    A new kind is one subclass registered in ``TEACHERS``; the config check, the cache keys, the
+    missing-pair policy, preflight and the reported metrics all ask it.
+    """
+
+    #: it gives scores (``none`` does not: no distillation term, no teacher entropy or KL reported)
+    scores = True
+    #: its scores depend on the tokenised lengths (``max_query_length``, ``max_doc_length``)
+    tokenized = False
+    #: it combines member teachers
+    combines = False
+
+    def check(self, t: "TeacherConfig", path: str) -> None:
+        """Raise ``ConfigError`` naming ``path`` for what this kind's config lacks."""
+
+    def key(self, t: "TeacherConfig", root: Optional[Path]) -> dict:
+        """What determines its scores (the cache key)."""
+        return {"kind": t.kind}
+
+    def models(self, t: "TeacherConfig") -> list[str]:
+        """Models it loads (preflight checks each is available)."""
+        return []
+
+    def files(self, t: "TeacherConfig") -> list[tuple[str, str]]:
+        """``(path, format)`` of files it reads (preflight parses their first records)."""
+        return []
+
+    def must_cover(self, t: "TeacherConfig") -> bool:
+        """Whether a pair it leaves unscored is an error (else it is dropped from training)."""
+        return False
+
+    def score(self, t: "TeacherConfig", ctx: ScoringContext, corpus: Corpus, queries: QuerySet, pools: Ragged, work: Path) -> np.ndarray:
+        """Raw scores of ``pools`` (aligned with ``pools.values``), NaN where it has none."""
+        raise NotImplementedError(f"teacher kind {t.kind!r} does not score pairs itself")
+
+
+def _need(cond: bool, path: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{path}: {msg}")
+
+
+class _ModelTeacher(TeacherKind):
+    tokenized = True
+
+    def check(self, t, path):
+        _need(bool(t.model), f"{path}.model", f"a {t.kind} teacher needs a model path or name")
+
+    def models(self, t):
+        return [t.model] if t.model else []
+
+
+class BiTeacher(_ModelTeacher):
+    """Any HF encoder: pooled embeddings, dot or cosine (document embeddings shared with dense candidates of the model)."""
+
+    def key(self, t, root):
+        return {"kind": t.kind, "model": t.model, "pooling": t.pooling, "similarity": t.similarity}
+
+    def score(self, t, ctx, corpus, queries, pools, work):
+        return _bi_scores(t, ctx, corpus, queries, pools, work)
+
+
+class CrossTeacher(_ModelTeacher):
+    """Any HF sequence-classification model with one logit."""
+
+    def key(self, t, root):
+        return {"kind": t.kind, "model": t.model}
+
+    def score(self, t, ctx, corpus, queries, pools, work):
+        return _cross_scores(t, ctx, corpus, queries, pools, work)
+
+
+class BM25Teacher(TeacherKind):
+    """The BM25 score itself, from the BM25 index, for exactly the pairs asked for."""
+
+    def score(self, t, ctx, corpus, queries, pools, work):
+        return bm25_pair_scores(ctx.root, corpus, queries, pools, work, ctx.executor, ctx.cpus, ctx.shard_queries,
+                                ctx.bm25_candidates.get(queries.key))
+
+
+class FileTeacher(TeacherKind):
+    """Imported scores, streamed from any format of ``data/imports.py``."""
+
+    def check(self, t, path):
+        _need(bool(t.path), f"{path}.path", "a file teacher needs a path")
+        _need(Path(t.path).exists(), f"{path}.path", f"teacher file not found: {t.path}")
+
+    def key(self, t, root):
+        return {"kind": t.kind, "file": file_digest(t.path, root), "format": t.format}
+
+    def files(self, t):
+        return [(t.path, t.format)] if t.path else []
+
+    def must_cover(self, t):
+        return t.on_missing != "drop"
+
+    def score(self, t, ctx, corpus, queries, pools, work):
+        table = file_table(t, ctx, corpus, queries)
+        if table.info["records"] and not table.info["scored"]:
+            raise TeacherError(f"teacher file {t.path} ({table.info['format']}) holds no scores, only ids: it can serve as "
+                               "candidates (candidates.imported), not as a teacher")
+        return table.lookup(pools)
+
+
+class EnsembleTeacher(TeacherKind):
+    """A weighted sum of per-query z-normalised member scores (``teacher_scores`` combines them)."""
+
+    combines = True
+    tokenized = True
+
+    def check(self, t, path):
+        _need(len(t.members) >= 1, f"{path}.members", "an ensemble teacher needs members")
+        for i, m in enumerate(t.members):
+            _need(not (m.kind in TEACHERS and (TEACHERS[m.kind].combines or not TEACHERS[m.kind].scores)),
+                  f"{path}.members[{i}].kind", "members cannot be ensembles or none")
+            check_teacher(m, f"{path}.members[{i}]")
+
+    def key(self, t, root):
         return {"kind": "ensemble", "members": [{**teacher_key(m, root), "weight": m.weight} for m in t.members]}
-    d: dict = {"kind": t.kind}
-    if t.kind in ("bi", "cross"):
-        d["model"] = t.model
-    if t.kind == "bi":
-        d.update(pooling=t.pooling, similarity=t.similarity)
-    if t.kind == "file":
-        d.update(file=file_digest(t.path, root), format=t.format)
-    return d
+
+
+class NoTeacher(TeacherKind):
+    """No teacher: contrastive losses only."""
+
+    scores = False
+
+
+TEACHERS: Registry = Registry("teacher kind")
+for _name, _kind in (("bi", BiTeacher()), ("cross", CrossTeacher()), ("bm25", BM25Teacher()), ("file", FileTeacher()),
+                     ("ensemble", EnsembleTeacher()), ("none", NoTeacher())):
+    TEACHERS.register(_name, _kind)
+
+
+def check_teacher(t: "TeacherConfig", path: str = "teacher") -> None:
+    """``ConfigError`` naming the key when ``t`` (or a member) is not a usable teacher."""
+    if t.kind not in TEACHERS:
+        raise ConfigError(f"{path}.kind: " + unknown_name_message("teacher kind", t.kind, list(TEACHERS)))
+    _need(t.weight > 0, f"{path}.weight", f"must be > 0, got {t.weight}")
+    kind = TEACHERS[t.kind]
+    kind.check(t, path)
+    if not kind.combines and t.members:
+        raise ConfigError(f"{path}.members: only an ensemble teacher takes members")
+
+
+def teacher_key(t: "TeacherConfig", root: Optional[Path] = None) -> dict:
+    """What determines a teacher's scores (an ensemble: its members and weights)."""
+    return TEACHERS[t.kind].key(t, root)
 
 
 def ragged_hash(pools: Ragged) -> str:
@@ -338,13 +460,13 @@ def raw_table(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: Qu
     """Raw scores of one (non-ensemble) teacher for the pools (cached stage). NaN = not scored."""
     key = {"teacher": teacher_key(t, ctx.root), "corpus": corpus.key, "queries": queries.key, "pools": ragged_hash(pools),
            "max_query_length": ctx.max_query_length, "max_doc_length": ctx.max_doc_length}
-    if t.kind in ("file", "bm25"):
+    if not TEACHERS[t.kind].tokenized:
         key.pop("max_query_length")
         key.pop("max_doc_length")
 
     def build(tmp: Path) -> None:
         logger.info("teacher %s: scoring %d pairs for %d queries", t.kind, len(pools.values), len(pools))
-        scores = TEACHERS[t.kind](t, ctx, corpus, queries, pools, tmp)
+        scores = TEACHERS[t.kind].score(t, ctx, corpus, queries, pools, tmp)
         ScoreTable(pools, scores).save(tmp)
 
     return ScoreTable.load(stage(ctx.root, "teacher_raw", key, build))
@@ -352,7 +474,7 @@ def raw_table(t: TeacherConfig, ctx: ScoringContext, corpus: Corpus, queries: Qu
 
 def _check_missing(t: TeacherConfig, table: ScoreTable, ctx: ScoringContext, corpus: Corpus, queries: QuerySet,
                    component: str) -> None:
-    if t.kind != "file" or t.on_missing == "drop":
+    if not TEACHERS[t.kind].must_cover(t):
         return
     miss = np.isnan(np.asarray(table.scores))
     if miss.any():
@@ -398,7 +520,7 @@ def teacher_scores(
     # score tables look documents up by binary search: every pool is stored sorted and unique
     components = {name: Ragged.from_rows([np.unique(np.asarray(r, dtype=np.int64)) for r in pools.rows()])
                   for name, pools in components.items()}
-    if t.kind != "ensemble":
+    if not TEACHERS[t.kind].combines:
         tables = {}
         for name, pools in components.items():
             tables[name] = raw_table(t, ctx, corpus, queries, pools)

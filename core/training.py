@@ -84,7 +84,7 @@ def objective(cfg: TrialConfig) -> list[Term]:
 def train_metric_keys(cfg: TrialConfig) -> list[str]:
     """Every key ``Trainer.metrics`` returns once the trial has trained (what ``metric_keys`` builds on)."""
     keys = [*PROGRESS, "train/loss", *(t.key for t in objective(cfg)), "train/docs_per_s", "train/lr", "train/random_fills"]
-    if cfg.teacher.kind != "none":
+    if cfg.teacher.scores:
         keys += [f"{k}{q}" for k in (ENTROPY, PAIRWISE_ENTROPY) for q in QUARTILES]
     return keys
 

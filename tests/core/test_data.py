@@ -1,8 +1,7 @@
-"""Data path on real collections: loading, stores, splits, BM25, candidates cache, samplers, teachers, batching."""
+"""Data path on real collections: loading, stores, splits, BM25, candidates cache, samplers, batching."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 import uuid
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import TINY_BEIR
 
-from ranksweep.core.config import SamplerConfig, TeacherConfig
+from ranksweep.core.config import SamplerConfig
 from ranksweep.core.data import cache as cache_mod
 from ranksweep.core.data.batching import SpecialTokens, padding_efficiency, pair_chunks, plan_chunks, single_chunks
 from ranksweep.core.data.bm25 import BM25Searcher, analyzer, bm25_candidates, bm25_index
@@ -20,7 +19,6 @@ from ranksweep.core.data.collections import DatasetError, load_collection, query
 from ranksweep.core.data.samplers import SAMPLERS, SamplingPools, mix_negatives, random_pools, rrf, teacher_order, without
 from ranksweep.core.data.store import Ragged, TextStore
 from ranksweep.core.data.synthetic import write_synthetic_beir
-from ranksweep.core.teachers import ScoringContext, TeacherError, read_teacher_file, teacher_scores
 
 
 @pytest.fixture(scope="module")
@@ -213,54 +211,6 @@ def test_negatives_mix_replaces_the_fraction():
         replaced = set(m[r, 1:]) - set(g[r, 1:])
         assert len(replaced) == 4 and replaced <= set(pools.random.row(r).tolist())
         assert len(set(m[r])) == 9
-
-
-def test_teacher_file_json_and_trec_with_missing_pairs(tmp_path, scifact):
-    root = cache_root()
-    qids = ["0", "2"]  # scifact train query ids
-    queries = query_set(scifact.queries, qids, root)
-    ids = scifact.corpus.store(root).ids_of(range(5))
-    pools = {"bm25": Ragged.from_rows([np.array([0, 1, 2]), np.array([3, 4])])}
-    scores = {"0": {ids[0]: 1.0, ids[1]: 2.0, ids[2]: 3.0}, "2": {ids[3]: 0.5}}  # (2, ids[4]) missing
-    js = tmp_path / "teacher.json.gz"
-    with gzip.open(js, "wt") as f:
-        json.dump(scores, f)
-    trec = tmp_path / "teacher.run"
-    trec.write_text("".join(f"{q} Q0 {d} 1 {s} t\n" for q, ds in scores.items() for d, s in ds.items()))
-    assert read_teacher_file(js) == read_teacher_file(trec) == scores
-    bad = tmp_path / "bad.run.gz"
-    with gzip.open(bad, "wt") as f:
-        f.write(trec.read_text() + "1 Q0 d 1 high t\n")
-    with pytest.raises(TeacherError, match=rf"{bad}:{len(trec.read_text().splitlines()) + 1}: expected a TREC run line"):
-        read_teacher_file(bad, "trec")
-    ctx = ScoringContext(root, 32, 128)
-    for path in (js, trec):
-        with pytest.raises(TeacherError, match=rf"lacks 1 of 5 \(query, doc\) pairs.*\('2', '{ids[4]}'\).*on_missing: drop"):
-            teacher_scores(TeacherConfig(kind="file", path=str(path)), ctx, scifact.corpus, queries, pools)
-        ts = teacher_scores(TeacherConfig(kind="file", path=str(path), on_missing="drop"), ctx, scifact.corpus, queries, pools)
-        got = ts.lookup([0, 1], np.array([[2, 0], [3, 4]]))
-        assert got[0].tolist() == [3.0, 1.0] and got[1, 0] == 0.5 and np.isnan(got[1, 1])
-        assert ts.scored(1).tolist() == [3]
-
-
-def test_ensemble_teacher_is_weighted_sum_of_per_query_z_scores(scifact):
-    root = cache_root()
-    qids = list(scifact.queries)[:4]
-    queries = query_set(scifact.queries, qids, root)
-    cand = bm25_candidates(root, scifact.corpus, queries, 20)
-    pools = {"bm25": Ragged.from_rows([cand.ranked(i) for i in range(4)])}
-    ctx = ScoringContext(root, 32, 128)
-    bm25 = teacher_scores(TeacherConfig(kind="bm25"), ctx, scifact.corpus, queries, pools)
-    ens = teacher_scores(TeacherConfig(kind="ensemble", members=(TeacherConfig(kind="bm25", weight=2.0),)), ctx, scifact.corpus,
-                         queries, pools)
-    for i in range(4):
-        docs = np.unique(cand.ranked(i))[None, :]
-        raw = bm25.lookup([i], docs)[0].astype(np.float64)
-        z = 2.0 * (raw - raw.mean()) / raw.std()
-        assert np.allclose(ens.lookup([i], docs)[0], z, atol=1e-5)
-        # BM25 teacher scores equal the BM25 retrieval scores of the same pairs
-        row = dict(zip(cand.ranked(i).tolist(), cand.ranked_scores(i).tolist()))
-        assert np.allclose(raw, [row[d] for d in docs[0]], rtol=1e-5)
 
 
 def test_plan_chunks_groups_similar_lengths_and_keeps_order():
