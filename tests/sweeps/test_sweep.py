@@ -13,6 +13,8 @@ import pytest
 import yaml
 from conftest import REPO, MlflowServer, S3Server, fast_config, tracebacks
 
+from ranksweep.sweeps.runs import mlflow_key
+
 pytestmark = pytest.mark.ray
 
 
@@ -31,105 +33,141 @@ def _runs(uri, experiment):
     return c, parents, children
 
 
-def test_quickstart_sweep_stops_early_tracks_and_best_matches_ray(tmp_path, capsys):
+class Quickstart:
+    """The shipped quickstart, run once for this module's tests (see ``quickstart``)."""
+
+    def __init__(self, tmp_path, uri, sweep, results, table) -> None:
+        self.tmp_path, self.uri, self.sweep, self.results, self.table = tmp_path, uri, sweep, results, table
+        self.budget = sweep.base_config().budget_docs
+        self.client, self.parents, self.children = _runs(uri, "qs")
+        self.stopped = [r for r in self.children if r.data.tags.get("ranksweep.stopped_early") == "true"]
+        self.full = [r for r in results if r.metrics["docs_seen"] == self.budget]  # Ray's results of full-budget trials
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """The shipped quickstart with one seed per cell and ASHA (it ships with 2 seeds and no early stopping), trained to 512
+    of its 4,096 documents with an evaluation every 128 (the mechanics of a sweep; tests/test_learning.py checks that its
+    trial learns)."""
+    import contextlib
+    import io
+
     import ray
 
-    from ranksweep.sweeps.best import best
-    from ranksweep.sweeps.runs import mlflow_key
     from ranksweep.sweeps.spec import load_sweep
     from ranksweep.sweeps.tuner import run_sweep
 
+    tmp_path = tmp_path_factory.mktemp("quickstart")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    # the shipped quickstart with one seed per cell and ASHA (it ships with 2 seeds and no early stopping), trained
-    # to 512 of its 4,096 documents with an evaluation every 128 (the mechanics of a sweep; tests/test_learning.py
-    # checks that its trial learns)
     trial = {**yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())["trial"], "budget_docs": 512, "eval_every_docs": 128}
     sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", {"storage": str(tmp_path / "ray"), "seeds": 1, "trial": trial,
                                                              "scheduler": {"name": "asha", "grace_docs": 128, "reduction_factor": 2},
                                                              "tracking": {"uri": uri, "experiment": "qs"}})
+    out = io.StringIO()
     try:
-        results = run_sweep(sweep)
+        with contextlib.redirect_stdout(out):
+            results = run_sweep(sweep)
     finally:
         ray.shutdown()
-    assert not results.errors and len(results) == 6
-    table = capsys.readouterr().out
-    assert "bm25-kl-T4-s0" in table and "random-lce-s0" in table  # Ray's progress table names trials as MLflow names the runs
-    c, parents, children = _runs(uri, "qs")
-    assert len(parents) == 1 and len(children) == 6
-    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
-    assert all(r.info.status == "FINISHED" for r in children)
-    names = {r.info.run_name for r in children}
+    return Quickstart(tmp_path, uri, sweep, results, out.getvalue())
+
+
+def test_quickstart_trials_run_and_are_tracked_under_one_sweep_run_as_ray_names_them(quickstart):
+    q = quickstart
+    assert not q.results.errors and len(q.results) == 6
+    assert "bm25-kl-T4-s0" in q.table and "random-lce-s0" in q.table  # Ray's progress table names trials as MLflow names the runs
+    assert len(q.parents) == 1 and len(q.children) == 6
+    assert all(r.data.tags["mlflow.parentRunId"] == q.parents[0].info.run_id for r in q.children)
+    assert all(r.info.status == "FINISHED" for r in q.children)
+    names = {r.info.run_name for r in q.children}
     assert "bm25-kl-T4-s0" in names and "random-lce-s0" in names
-    budget = sweep.base_config().budget_docs
-    stopped = []
-    for r in children:
-        steps = [m.step for m in c.get_metric_history(r.info.run_id, mlflow_key("dev/nDCG@10"))]
-        assert steps == sorted(set(steps))  # one value per evaluation, no duplicates
-        if r.data.tags["ranksweep.stopped_early"] == "true":
-            stopped.append(r)
-            assert max(steps) < budget
-        else:
-            assert max(steps) == budget
-            arts = {a.path for a in c.list_artifacts(r.info.run_id)}
-            assert {"final.json", "metrics.jsonl", "runs", "per_query"} <= arts
-    assert stopped, "ASHA stopped no trial early"
-    # artifacts sit beside the SQLite database, not in the driver's working directory
-    assert list((tmp_path / "mlartifacts" / "qs").rglob("final.json")) and not (REPO / "mlruns").exists()
     for key in ("probe/diameter", "train/teacher_entropy", "train/loss", "train/docs_per_s"):
-        assert mlflow_key(key) in children[0].data.metrics
-    # one rule for which trials count: only trials that trained their whole budget are ranked ...
-    full = [r for r in results if r.metrics["docs_seen"] == budget]
-    ray_best = max(full, key=lambda r: r.metrics["dev/nDCG@10"])
-    rows = best("qs", uri, metric="dev/nDCG@10", top=10)
+        assert mlflow_key(key) in q.children[0].data.metrics
+
+
+def test_quickstart_asha_stops_trials_early_and_every_evaluation_is_logged_once(quickstart):
+    q = quickstart
+    assert q.stopped, "ASHA stopped no trial early"
+    for r in q.children:
+        steps = [m.step for m in q.client.get_metric_history(r.info.run_id, mlflow_key("dev/nDCG@10"))]
+        assert steps == sorted(set(steps))  # one value per evaluation, no duplicates
+        if r in q.stopped:
+            assert max(steps) < q.budget
+        else:
+            assert max(steps) == q.budget
+            arts = {a.path for a in q.client.list_artifacts(r.info.run_id)}
+            assert {"final.json", "metrics.jsonl", "runs", "per_query"} <= arts
+    # artifacts sit beside the SQLite database, not in the driver's working directory
+    assert list((q.tmp_path / "mlartifacts" / "qs").rglob("final.json")) and not (REPO / "mlruns").exists()
+
+
+def test_best_ranks_the_full_budget_trials_as_ray_does(quickstart):
+    """One rule for which trials count: only trials that trained their whole budget are ranked."""
+    from ranksweep.sweeps.best import best
+
+    q = quickstart
+    ray_best = max(q.full, key=lambda r: r.metrics["dev/nDCG@10"])
+    rows = best("qs", q.uri, metric="dev/nDCG@10", top=10)
     assert rows[0]["settings"] == ray_best.config["params"]
     assert rows[0]["mean"] == pytest.approx(ray_best.metrics["dev/nDCG@10"])
-    assert len(rows) == len(full) and sorted(rows.stopped) == sorted(r.info.run_name for r in stopped)
+    assert len(rows) == len(q.full) and sorted(rows.stopped) == sorted(r.info.run_name for r in q.stopped)
     assert not {n for row in rows for n in row["runs"]} & set(rows.stopped)
-    # ... unless every trial is compared at the largest step all of them reached (Ray's own values there)
-    step = min(r.metrics["docs_seen"] for r in results)
+
+
+def test_best_with_stopped_trials_compares_every_trial_at_the_largest_common_step(quickstart):
+    from ranksweep.sweeps.best import best
+
+    q = quickstart
+    step = min(r.metrics["docs_seen"] for r in q.results)
     at_step = {json.dumps(r.config["params"], sort_keys=True):
-               float(r.metrics_dataframe.set_index("docs_seen").loc[step, "dev/nDCG@10"]) for r in results}
-    everyone = best("qs", uri, metric="dev/nDCG@10", top=10, include_stopped=True)
+               float(r.metrics_dataframe.set_index("docs_seen").loc[step, "dev/nDCG@10"]) for r in q.results}
+    everyone = best("qs", q.uri, metric="dev/nDCG@10", top=10, include_stopped=True)
     assert len(everyone) == 6 and everyone.stopped == [] and all(row["at_docs"] == step for row in everyone)
     for row in everyone:
         assert row["mean"] == pytest.approx(at_step[json.dumps(row["settings"], sort_keys=True)])
 
-    # grouped by an axis (its short name), filtered by an MLflow filter string, and as CSV / JSON
-    from ranksweep.sweeps.best import format_rows
 
-    by_sampler = best("qs", uri, metric="dev/nDCG@10", group_by=["sampler"], top=10)
+def test_best_groups_by_an_axis_filters_and_writes_csv_and_json(quickstart):
+    from ranksweep.sweeps.best import best, format_rows
+
+    q = quickstart
+    by_sampler = best("qs", q.uri, metric="dev/nDCG@10", group_by=["sampler"], top=10)
     for row in by_sampler:
-        xs = [r.metrics["dev/nDCG@10"] for r in full if r.config["params"]["sampler.name"] == row["settings"]["sampler.name"]]
+        xs = [r.metrics["dev/nDCG@10"] for r in q.full if r.config["params"]["sampler.name"] == row["settings"]["sampler.name"]]
         assert row["n"] == len(xs) and row["mean"] == pytest.approx(sum(xs) / len(xs))
-    assert sorted(row["settings"]["sampler.name"] for row in by_sampler) == sorted({r.config["params"]["sampler.name"] for r in full})
-    kl_only = best("qs", uri, metric="dev/nDCG@10", filter="params.`axis.loss` = 'kl'", top=10)
-    assert len(kl_only) == sum(r.config["params"]["loss"] == "kl" for r in full) and all(row["settings"]["loss"] == "kl" for row in kl_only)
+    assert sorted(row["settings"]["sampler.name"] for row in by_sampler) == sorted({r.config["params"]["sampler.name"] for r in q.full})
+    kl_only = best("qs", q.uri, metric="dev/nDCG@10", filter="params.`axis.loss` = 'kl'", top=10)
+    assert len(kl_only) == sum(r.config["params"]["loss"] == "kl" for r in q.full) and all(row["settings"]["loss"] == "kl" for row in kl_only)
+    rows = best("qs", q.uri, metric="dev/nDCG@10", top=10)
     assert json.loads(format_rows(rows, "dev/nDCG@10", "json"))[0]["mean"] == pytest.approx(rows[0]["mean"])
     csv_lines = format_rows(rows, "dev/nDCG@10", "csv").splitlines()
     assert csv_lines[0].endswith("dev/nDCG@10 mean,std,n") and len(csv_lines) == len(rows) + 1
 
-    # `ranksweep plan` on the quickstart's curves: the trials that trained their whole budget, replayed
+
+def test_plan_replays_the_quickstart_full_budget_curves(quickstart, capsys):
     from ranksweep.sweeps.cli import main_plan
 
-    capsys.readouterr()
-    assert main_plan(["--experiment", "qs", "--tracking-uri", uri, "--format", "json", "--orders", "4"]) == 0
+    q = quickstart
+    assert main_plan(["--experiment", "qs", "--tracking-uri", q.uri, "--format", "json", "--orders", "4"]) == 0
     plan_rows = json.loads(capsys.readouterr().out)
     assert plan_rows[0] == {"scheduler": "none", "params": {}, "compute_fraction": 1.0, "best_kept": 1.0, "regret": 0.0,
-                            "topk_kept": float(min(3, len(full)))}
+                            "topk_kept": float(min(3, len(q.full)))}
     assert {r["scheduler"] for r in plan_rows} == {"none", "asha", "hyperband", "median"}
     assert all(0 < r["compute_fraction"] <= 1 and 0 <= r["best_kept"] <= 1 and r["regret"] >= 0 for r in plan_rows)
 
-    # its report: one seed per cell, so no equivalence test; stopped trials drawn in the learning curves
+
+def test_the_quickstart_report_counts_stopped_trials_and_refuses_equivalence_on_one_seed(quickstart):
     from ranksweep.sweeps.report import report
 
-    rep = report("qs", tmp_path / "report", tracking_uri=uri).data
-    assert rep["counts"] == {"finished": 6 - len(stopped), "stopped_early": len(stopped), "failed": 0, "running": 0}
+    q = quickstart
+    rep = report("qs", q.tmp_path / "report", tracking_uri=q.uri).data
+    assert rep["counts"] == {"finished": 6 - len(q.stopped), "stopped_early": len(q.stopped), "failed": 0, "running": 0}
     assert rep["equivalence"]["refused"].startswith("equivalence tests need at least 2 seeds per cell; too few:")
-    assert sorted(rep["curves"]["stopped"]) == sorted(r.info.run_name for r in stopped)
-    for r in stopped:
-        assert [d for d, _ in rep["curves"]["series"][r.info.run_name]][-1] < budget
-    assert sum(lv["stopped"] for lv in rep["marginal"]["loss"]["levels"]) == len(stopped)
-    assert (tmp_path / "report" / "report.html").exists()
+    assert sorted(rep["curves"]["stopped"]) == sorted(r.info.run_name for r in q.stopped)
+    for r in q.stopped:
+        assert [d for d, _ in rep["curves"]["series"][r.info.run_name]][-1] < q.budget
+    assert sum(lv["stopped"] for lv in rep["marginal"]["loss"]["levels"]) == len(q.stopped)
+    assert (q.tmp_path / "report" / "report.html").exists()
 
 
 def _tiny_sweep(tmp_path, tiny_model, uri, trials_losses, budget=96, concurrent=1, storage=None, scheduler=None, name="tiny"):
