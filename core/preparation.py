@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 #: bump when the layout of the ``prepared`` stage changes
 LAYOUT = 2
+REFERENCE_METRICS = "reference_metrics.json"
 
 
 class NotPrepared(RanksweepError, RuntimeError):
@@ -117,7 +118,7 @@ class Prepared:
 
     folder: Path
     root: Path
-    manifest: dict
+    manifest: "Manifest"
     docs: TextStore
     queries: QuerySet  # training queries, then dev queries
     train_rows: np.ndarray  # rows of the training queries that have a (teacher-scored) positive
@@ -129,11 +130,11 @@ class Prepared:
 
     @property
     def corpus_key(self) -> str:
-        return self.manifest["corpus"]["key"]
+        return self.manifest.corpus["key"]
 
     @property
     def components(self) -> set[str]:
-        return set(self.manifest["components"])
+        return set(self.manifest.components)
 
     def _stage(self, rel: str) -> Path:
         return self.root / rel
@@ -149,12 +150,12 @@ class Prepared:
             raise NotPrepared("sampler 'imported' needs candidates.imported, which this preparation did not import")
         if cfg.sampler.name == "teacher" and self.pools.teacher is None:
             raise NotPrepared("sampler 'teacher' needs the teacher's order of the BM25 pool, which was not prepared")
-        if key_hash(teacher_key(cfg.teacher, self.root)) != self.manifest["teacher"]:
+        if key_hash(teacher_key(cfg.teacher, self.root)) != self.manifest.teacher:
             raise NotPrepared("this preparation was made for another teacher than the trial's")
 
     def token_stores(self, tokenizer) -> tuple[str, dict]:
         tk = tokenizer_key(tokenizer)
-        entry = self.manifest["tokens"].get(tk)
+        entry = self.manifest.tokens.get(tk)
         if entry is None:
             raise NotPrepared(f"no tokens were prepared for the student tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} "
                               f"(key {tk}); prepare with every student model of the sweep")
@@ -181,24 +182,25 @@ class Prepared:
         if not (folder / "manifest.json").exists():
             raise NotPrepared(f"no prepared data at {folder} (manifest.json missing); on a cluster the cache must be shared "
                               "storage mounted at the same path on every node")
-        m = json.loads((folder / "manifest.json").read_text())
+        m = Manifest.read(folder)
         root = folder.parents[1]
-        docs = TextStore.load(root / m["corpus"]["store"])
-        queries = QuerySet(m["queries"]["key"], TextStore.load(root / m["queries"]["store"]))
-        teacher = _open_teacher(root, m["teacher_tables"]) if m["teacher_tables"] else None
-        bm25 = Candidates.load(root / m["bm25"])
+        docs = TextStore.load(root / m.corpus["store"])
+        queries = QuerySet(m.queries["key"], TextStore.load(root / m.queries["store"]))
+        teacher = _open_teacher(root, m.teacher_tables) if m.teacher_tables else None
+        bm25 = Candidates.load(root / m.bm25)
         dev_q = json.loads((folder / "dev.json").read_text())
-        n_train = m["queries"]["n_train"]
+        n_train = m.queries["n_train"]
         dev = EvalSet("dev", dev_q["qids"], dev_q["qrels"], np.arange(n_train, n_train + len(dev_q["qids"])), bm25, docs,
-                      m["corpus"]["key"], teacher)
+                      m.corpus["key"], teacher)
         evals = []
-        for e in m["evals"]:
+        for e in m.evals:
             info = json.loads((folder / f"eval-{e['name']}.json").read_text())
             evals.append(EvalSet(e["name"], info["qids"], info["qrels"], np.arange(len(info["qids"])), Candidates.load(root / e["bm25"]),
                                  TextStore.load(root / e["corpus_store"]), e["corpus_key"],
                                  _open_teacher(root, e["teacher_tables"]) if e["teacher_tables"] else None))
+        reference = folder / REFERENCE_METRICS  # absent only while the build computes it from this very object
         return cls(folder, root, m, docs, queries, np.load(folder / "train_rows.npy"), SamplingPools.load(folder / "pools"),
-                   teacher, dev, evals, json.loads((folder / "reference_metrics.json").read_text()))
+                   teacher, dev, evals, json.loads(reference.read_text()) if reference.exists() else {})
 
 
 def _open_teacher(root: Path, tables: dict[str, str]) -> TeacherScores:
@@ -346,10 +348,50 @@ def prepare(
     return Prepared.open(stage(root, "prepared", key, build))
 
 
-def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers: dict, tkey: str, executor: Executor,
-           options: PrepareOptions) -> None:
+@dataclass
+class Manifest:
+    """The schema of a ``prepared`` stage's ``manifest.json``; every path is relative to the cache root."""
+
+    layout: int
+    train: str  # dataset id of the training collection
+    corpus: dict  # {"key", "count", "store"}
+    queries: dict  # {"key", "store", "n_train", "n_dev"}: training queries, then dev queries
+    bm25: str  # BM25 candidates of every query
+    dense: Optional[str]  # dense candidates, when a sampler needs them
+    components: list[str]  # candidate components prepared (``components_of``)
+    teacher: str  # key hash of the teacher the scores are of
+    teacher_tables: dict[str, str]  # component -> score table
+    evals: list[dict]  # per eval set: {"name", "dataset", "bm25", "corpus_key", "corpus_store", "teacher_tables"}
+    tokens: dict[str, dict]  # tokenizer key -> {"model", "docs": {"corpus key:max length": store}, "queries": {"set:max length": store}}
+
+    def write(self, folder: Path) -> None:
+        (folder / "manifest.json").write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, folder: Path) -> "Manifest":
+        return cls(**json.loads((folder / "manifest.json").read_text()))
+
+
+@dataclass
+class _Training:
+    """The training side of a build: its collection, queries (training, then dev), candidates and sampling pools."""
+
+    collection: Collection
+    dev: list[str]
+    queries: QuerySet
+    docs: TextStore
+    positives: Ragged  # every query's judged documents in the corpus
+    n_train: int
+    bm25: Candidates
+    dense: Optional[Candidates]
+    pools: SamplingPools
+
+
+def _build_training(cfg: TrialConfig, root: Path, comps: set[str], executor: Executor,
+                    o: PrepareOptions) -> tuple[_Training, list[Collection]]:
+    """Split, stores, BM25 (and dense) candidates, and the training queries' pools without judged documents; the eval
+    collections, their corpora read."""
     d = cfg.data
-    o = options
     train = load_collection(d.train)
     split = split_train_dev(train, d.dev_fraction, d.split_seed)
     all_q = split.train + split.dev
@@ -367,24 +409,30 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
         spec = EncoderSpec(cfg.candidates.dense_model, "mean", "cos", d.max_doc_length, d.max_query_length)
         dense = dense_candidates(root, train.corpus, queries, cfg.candidates.dense_depth, spec, executor, o.gpus, o.cpus, o.shard_docs,
                                  o.shard_queries)
-
     train_pos = Ragged.from_rows([positives.row(i) for i in range(n_train)])
     rand = random_pools(train_pos, train.corpus.count, cfg.candidates.random_pool, cfg.candidates.seed)
     bm25_neg = without([bm25.ranked(i) for i in range(n_train)], train_pos)
     dense_neg = without([dense.ranked(i) for i in range(n_train)], train_pos) if dense is not None else None
     pools = SamplingPools(train_pos, bm25_neg, rand, dense_neg)
+    return _Training(train, split.dev, queries, docs, positives, n_train, bm25, dense, pools), eval_cols
 
-    ctx = ScoringContext(root, d.max_query_length, d.max_doc_length, cfg.eval.batch_tokens, executor, o.cpus, o.gpus,
-                         o.shard_pairs, o.shard_docs, o.shard_queries, bm25_candidates={queries.key: bm25})
+
+def _build_teacher(cfg: TrialConfig, root: Path, comps: set[str], t: _Training, ctx: ScoringContext,
+                   executor: Executor) -> tuple[Optional[TeacherScores], np.ndarray]:
+    """Imported candidates and the teacher's scores of every pair a sampler can emit; completes ``t.pools``.
+
+    Returns the teacher's scores (None without a teacher) and the training rows left to train on.
+    """
+    n_train, bm25, rand = t.n_train, t.bm25, t.pools.random
+    n_all = n_train + len(t.dev)
     imp, imported = cfg.candidates.imported, None
     if "imported" in comps or _reads_files(cfg.teacher):
         # an imported file's query id is unknown only if the collection lacks it (not if it is just not a training query)
-        ctx.known_queries[queries.key] = query_set(train.queries, sorted(train.queries), root)
+        ctx.known_queries[t.queries.key] = query_set(t.collection.queries, sorted(t.collection.queries), root)
     if "imported" in comps:
-        imported = import_table(root, imp.path, imp.format, file_digest(imp.path, root), train.corpus, queries,
-                                ctx.known_queries[queries.key], imp.on_unknown, executor)
+        imported = import_table(root, imp.path, imp.format, file_digest(imp.path, root), t.collection.corpus, t.queries,
+                                ctx.known_queries[t.queries.key], imp.on_unknown, executor)
     teacher = None
-    teacher_tables: dict[str, str] = {}
     train_rows = np.arange(n_train)
     if cfg.teacher.scores:
         empty = np.zeros(0, dtype=np.int64)
@@ -393,32 +441,33 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
         width = bm25.doc_idx.shape[1]
         short = lambda i: i < n_train and len(bm25.ranked(i)) < width  # noqa: E731
         components = {"bm25": Ragged.from_rows([
-            np.union1d(np.union1d(bm25.ranked(i), positives.row(i)), rand.row(i) if short(i) else empty) for i in range(len(all_q))])}
+            np.union1d(np.union1d(bm25.ranked(i), t.positives.row(i)), rand.row(i) if short(i) else empty) for i in range(n_all)])}
         if "dense" in comps:
-            components["dense"] = Ragged.from_rows([dense.ranked(i) for i in range(len(all_q))])
+            components["dense"] = Ragged.from_rows([t.dense.ranked(i) for i in range(n_all)])
         if "random" in comps:
-            components["random"] = Ragged.from_rows([rand.row(i) if i < n_train else empty for i in range(len(all_q))])
+            components["random"] = Ragged.from_rows([rand.row(i) if i < n_train else empty for i in range(n_all)])
         if imported is not None:  # every listed candidate of the chosen systems: the margin filter reads their scores
             listed = candidate_lists(imported, range(n_train), list(imp.systems) or None,
                                      imp.per_system if imp.teacher_margin is None else None)
-            components["imported"] = Ragged.from_rows([np.sort(listed.row(i)) if i < n_train else empty for i in range(len(all_q))])
-        teacher = teacher_scores(cfg.teacher, ctx, train.corpus, queries, components)
-        teacher_tables = {name: _rel(root, t.folder) for name, t in teacher.tables.items()}
+            components["imported"] = Ragged.from_rows([np.sort(listed.row(i)) if i < n_train else empty for i in range(n_all)])
+        teacher = teacher_scores(cfg.teacher, ctx, t.collection.corpus, t.queries, components)
     if imported is not None:
-        pools.imported = imported_negatives(imported, imp, train_pos, teacher)
+        t.pools.imported = imported_negatives(imported, imp, t.pools.positives, teacher)
     if teacher is not None:
         if _reads_files(cfg.teacher):
-            pools, train_rows = _restrict_to_scored(pools, teacher, comps)
-        pools.teacher = teacher_order(pools.bm25, teacher)
-    train_rows = train_rows[pools.positives.lengths()[train_rows] > 0]
+            t.pools, train_rows = _restrict_to_scored(t.pools, teacher, comps)
+        t.pools.teacher = teacher_order(t.pools.bm25, teacher)
+    train_rows = train_rows[t.pools.positives.lengths()[train_rows] > 0]
     if not len(train_rows):
-        raise ValueError(f"{d.train}: no training query has a judged relevant document in the corpus")
-    pools.save(out / "pools")
-    np.save(out / "train_rows.npy", train_rows.astype(np.int64))
-    (out / "dev.json").write_text(json.dumps({"qids": split.dev, "qrels": {q: train.qrels.get(q, {}) for q in split.dev}}))
+        raise ValueError(f"{cfg.data.train}: no training query has a judged relevant document in the corpus")
+    return teacher, train_rows
 
-    # evaluation sets
-    evals, eval_sets = [], []
+
+def _build_evals(cfg: TrialConfig, root: Path, out: Path, eval_cols: list[Collection], ctx: ScoringContext, executor: Executor,
+                 o: PrepareOptions) -> tuple[list[dict], dict[str, QuerySet]]:
+    """Each eval collection's sampled judged queries, BM25 candidates and teacher scores; its manifest entries and query sets."""
+    d = cfg.data
+    entries, query_sets = [], {}
     for did, col in zip(d.eval, eval_cols):
         qids = sample_queries(col.judged_queries(), d.eval_max_queries, seed=d.split_seed)
         qset = query_set(col.queries, qids, root)
@@ -432,15 +481,18 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
                                         {"bm25": Ragged.from_rows([cand.ranked(i) for i in range(len(qids))])})
         name = col.name
         (out / f"eval-{name}.json").write_text(json.dumps({"qids": qids, "qrels": {q: col.qrels.get(q, {}) for q in qids}}))
-        evals.append({"name": name, "dataset": did, "bm25": _rel(root, cand.folder), "corpus_key": col.corpus.key,
-                      "corpus_store": _rel(root, store.folder),
-                      "teacher_tables": {k: _rel(root, t.folder) for k, t in es_teacher.tables.items()} if es_teacher else {}})
-        eval_sets.append((name, col, qset, es_teacher))
+        entries.append({"name": name, "dataset": did, "bm25": _rel(root, cand.folder), "corpus_key": col.corpus.key,
+                        "corpus_store": _rel(root, store.folder),
+                        "teacher_tables": {k: _rel(root, t.folder) for k, t in es_teacher.tables.items()} if es_teacher else {}})
+        query_sets[name] = qset
+    return entries, query_sets
 
-    # student tokens: every student tokenizer, every corpus and query set a trial reads
+
+def _build_tokens(cfg: TrialConfig, root: Path, tokenizers: dict, corpora: dict, query_sets: dict[str, QuerySet], executor: Executor,
+                  o: PrepareOptions) -> dict[str, dict]:
+    """Every student tokenizer's tokens of every corpus and query set a trial reads."""
+    d = cfg.data
     tokens: dict[str, dict] = {}
-    corpora = {train.corpus.key: train.corpus} | {c.corpus.key: c.corpus for _, c, _, _ in eval_sets}
-    query_sets = {"train": queries} | {name: q for name, _, q, _ in eval_sets}
     for model, tok in tokenizers.items():
         entry: dict[str, dict] = {"model": model, "docs": {}, "queries": {}}
         for ck, corpus in corpora.items():
@@ -450,25 +502,36 @@ def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers:
             ts = query_tokens(root, qs, model, tok, d.max_query_length, executor, o.shard_queries)
             entry["queries"][f"{name}:{d.max_query_length}"] = _rel(root, ts.folder)
         tokens[tokenizer_key(tok)] = entry
+    return tokens
 
-    manifest = {
-        "layout": LAYOUT,
-        "train": d.train,
-        "corpus": {"key": train.corpus.key, "count": train.corpus.count, "store": _rel(root, docs.folder)},
-        "queries": {"key": queries.key, "store": _rel(root, queries.store.folder), "n_train": n_train, "n_dev": len(split.dev)},
-        "bm25": _rel(root, bm25.folder),
-        "dense": _rel(root, dense.folder) if dense is not None else None,
-        "components": sorted(comps),
-        "teacher": tkey,
-        "teacher_tables": teacher_tables,
-        "evals": evals,
-        "tokens": tokens,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+def _build(cfg: TrialConfig, root: Path, out: Path, comps: set[str], tokenizers: dict, tkey: str, executor: Executor,
+           options: PrepareOptions) -> None:
+    """The steps of a ``prepared`` stage, in order: training data, teacher, eval sets, tokens, manifest; then the
+    reference metrics, an evaluation of the opened stage."""
+    d, o = cfg.data, options
+    t, eval_cols = _build_training(cfg, root, comps, executor, o)
+    ctx = ScoringContext(root, d.max_query_length, d.max_doc_length, cfg.eval.batch_tokens, executor, o.cpus, o.gpus,
+                         o.shard_pairs, o.shard_docs, o.shard_queries, bm25_candidates={t.queries.key: t.bm25})
+    teacher, train_rows = _build_teacher(cfg, root, comps, t, ctx, executor)
+    t.pools.save(out / "pools")
+    np.save(out / "train_rows.npy", train_rows.astype(np.int64))
+    (out / "dev.json").write_text(json.dumps({"qids": t.dev, "qrels": {q: t.collection.qrels.get(q, {}) for q in t.dev}}))
+    evals, eval_queries = _build_evals(cfg, root, out, eval_cols, ctx, executor, o)
+    corpora = {t.collection.corpus.key: t.collection.corpus} | {c.corpus.key: c.corpus for c in eval_cols}
+    tokens = _build_tokens(cfg, root, tokenizers, corpora, {"train": t.queries} | eval_queries, executor, o)
+    Manifest(
+        layout=LAYOUT, train=d.train,
+        corpus={"key": t.collection.corpus.key, "count": t.collection.corpus.count, "store": _rel(root, t.docs.folder)},
+        queries={"key": t.queries.key, "store": _rel(root, t.queries.store.folder), "n_train": t.n_train, "n_dev": len(t.dev)},
+        bm25=_rel(root, t.bm25.folder), dense=_rel(root, t.dense.folder) if t.dense is not None else None,
+        components=sorted(comps), teacher=tkey,
+        teacher_tables={name: _rel(root, x.folder) for name, x in teacher.tables.items()} if teacher is not None else {},
+        evals=evals, tokens=tokens,
+    ).write(out)
     # reference metrics: BM25 and the teacher on the very pools the students re-rank
-    (out / "reference_metrics.json").write_text("{}")
-    prepared = Prepared.open(out)
-    (out / "reference_metrics.json").write_text(json.dumps(reference_metrics(cfg, prepared), indent=1, sort_keys=True))
+    metrics = reference_metrics(cfg, Prepared.open(out))
+    (out / REFERENCE_METRICS).write_text(json.dumps(metrics, indent=1, sort_keys=True))
 
 
 def reference_metrics(cfg: TrialConfig, p: Prepared) -> dict[str, float]:
