@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from pydantic import Field, model_validator
 
 from ranksweep.core.errors import RanksweepError
-from ranksweep.core.config import ConfigError, reference_rows, resolve_trial
+from ranksweep.core.config import ConfigError, Section, parse, reference_rows, resolve_trial
 from ranksweep.core.registry import unknown_name_message
 
 HERE = Path(__file__).resolve().parent
@@ -65,18 +66,17 @@ class SearchSpace:
     # -- parsing -----------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Any, base: Optional[dict] = None, name: str = "space") -> "SearchSpace":
-        if not isinstance(d, dict) or not isinstance(d.get("axes"), dict) or not d["axes"]:
-            raise SpaceError(f"{name}: a search space is a mapping with a non-empty 'axes' mapping")
-        extra = set(d) - {"axes", "name", "description"}
-        if extra:
-            raise SpaceError(f"{name}: unknown key(s) {sorted(extra)}; a space has axes, name, description")
+        try:
+            spec = parse(SpaceSpec, d)
+        except ConfigError as e:
+            raise SpaceError(f"{name}: {e} (a search space is a mapping with a non-empty 'axes' mapping)") from None
         known = _axis_keys()
         axes: list[Axis] = []
-        for key, spec in d["axes"].items():
+        for key, axis in spec.axes.items():
             if key not in known:
                 raise SpaceError(f"{name}: axis {unknown_name_message('axis', key, known)}")
-            axes.append(_parse_axis(key, spec, axes, name))
-        space = cls(tuple(axes), d.get("name", name))
+            axes.append(_parse_axis(key, axis, axes))
+        space = cls(tuple(axes), spec.name or name)
         space.check_values(base or {})
         return space
 
@@ -141,50 +141,60 @@ class SearchSpace:
         return DefineByRun(self.axes, seed)
 
 
-def _parse_axis(key: str, spec: Any, earlier: list[Axis], space: str) -> Axis:
+class AxisSpec(Section):
+    """One axis as written: a grid's values or one distribution's [low, high], and when it applies."""
+
+    values: Optional[list] = Field(None, min_length=1, description="the axis's values (a grid axis)")
+    when: dict[str, Any] = Field(default_factory=dict, min_length=1, description="earlier axes -> the values this axis applies under")
+    uniform: Optional[tuple[float, float]] = Field(None, description="[low, high] drawn uniformly")
+    loguniform: Optional[tuple[float, float]] = Field(None, description="[low, high] drawn on a log scale")
+    int_: Optional[tuple[float, float]] = Field(None, alias="int", description="[low, high] integers")
+    logint: Optional[tuple[float, float]] = Field(None, description="[low, high] integers on a log scale")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return {"values": value} if isinstance(value, list) else value  # ``loss: [kl, lce]`` is ``loss: {values: [kl, lce]}``
+
+
+class SpaceSpec(Section):
+    axes: dict[str, Any] = Field(min_length=1, description="dotted trial-config key -> axis")
+    name: Optional[str] = Field(None, description="the space's name")
+    description: Optional[str] = Field(None, description="what the space compares")
+
+
+def _parse_axis(key: str, spec: Any, earlier: list[Axis]) -> Axis:
+    try:
+        a = parse(AxisSpec, spec)
+    except ConfigError as e:
+        raise SpaceError(f"axis {key!r}: {e}") from None
     when: dict = {}
-    if isinstance(spec, list):
-        spec = {"values": spec}
-    if not isinstance(spec, dict):
-        raise SpaceError(f"axis {key!r}: expected a list of values or a mapping, got {spec!r}")
-    unknown = set(spec) - {"values", "when", *DISTRIBUTIONS}
-    if unknown:
-        raise SpaceError(f"axis {key!r}: unknown field(s) {sorted(unknown)}; use values, when, or one of {list(DISTRIBUTIONS)}")
-    if "when" in spec:
-        if not isinstance(spec["when"], dict) or not spec["when"]:
-            raise SpaceError(f"axis {key!r}: 'when' must map earlier axes to allowed values")
-        by_key = {a.key: a for a in earlier}
-        for other, allowed in spec["when"].items():
-            if other not in by_key:
-                declared = [a.key for a in earlier]
-                raise SpaceError(f"axis {key!r}: condition on unknown axis {other!r} (conditions name axes declared "
-                                 f"before this one: {declared})")
-            allowed = tuple(allowed if isinstance(allowed, list) else [allowed])
-            if by_key[other].categorical:
-                bad = [v for v in allowed if v not in by_key[other].values]
-                if bad:
-                    raise SpaceError(f"axis {key!r}: condition values {bad} are not values of axis {other!r} {list(by_key[other].values)}")
-            when[other] = allowed
-    dists = [k for k in DISTRIBUTIONS if k in spec]
-    if "values" in spec:
+    by_key = {x.key: x for x in earlier}
+    for other, allowed in a.when.items():
+        if other not in by_key:
+            raise SpaceError(f"axis {key!r}: condition on unknown axis {other!r} (conditions name axes declared "
+                             f"before this one: {list(by_key)})")
+        allowed = tuple(allowed if isinstance(allowed, list) else [allowed])
+        if by_key[other].categorical:
+            bad = [v for v in allowed if v not in by_key[other].values]
+            if bad:
+                raise SpaceError(f"axis {key!r}: condition values {bad} are not values of axis {other!r} {list(by_key[other].values)}")
+        when[other] = allowed
+    dists = {name: getattr(a, "int_" if name == "int" else name) for name in DISTRIBUTIONS}
+    dists = {name: lo_hi for name, lo_hi in dists.items() if lo_hi is not None}
+    if a.values is not None:
         if dists:
             raise SpaceError(f"axis {key!r}: give either values or a distribution, not both")
-        vals = spec["values"]
-        if not isinstance(vals, list) or not vals:
-            raise SpaceError(f"axis {key!r}: values must be a non-empty list")
-        frozen = tuple(_freeze(v) for v in vals)
+        frozen = tuple(_freeze(v) for v in a.values)
         if len(set(map(repr, frozen))) != len(frozen):
-            raise SpaceError(f"axis {key!r}: duplicate values {vals}")
+            raise SpaceError(f"axis {key!r}: duplicate values {a.values}")
         return Axis(key, values=frozen, when=when)
     if len(dists) != 1:
         raise SpaceError(f"axis {key!r}: needs values: [...] or one of {list(DISTRIBUTIONS)}: [low, high]")
-    lo_hi = spec[dists[0]]
-    if not (isinstance(lo_hi, list) and len(lo_hi) == 2):
-        raise SpaceError(f"axis {key!r}: {dists[0]} needs [low, high]")
-    lo, hi = (float(x) for x in lo_hi)
-    if not lo < hi or (dists[0].startswith("log") and lo <= 0):
-        raise SpaceError(f"axis {key!r}: {dists[0]} bounds {lo_hi} need low < high (and low > 0 for log scales)")
-    return Axis(key, dist=dists[0], low=lo, high=hi, when=when)
+    (dist, (lo, hi)), = dists.items()
+    if not lo < hi or (dist.startswith("log") and lo <= 0):
+        raise SpaceError(f"axis {key!r}: {dist} bounds {[lo, hi]} need low < high (and low > 0 for log scales)")
+    return Axis(key, dist=dist, low=lo, high=hi, when=when)
 
 
 def _freeze(v: Any) -> Any:

@@ -11,6 +11,8 @@ from typing import Optional
 
 import yaml
 
+from ranksweep.core.config import apply
+
 from .runs import ALIASES, RunsError, SweepReader, count_trials, parse_value
 from .stats import detectable_difference, mean_ci, seed_noise
 
@@ -95,13 +97,7 @@ class Rows(list):
 
 def as_trial_yaml(settings: dict) -> str:
     """Dotted settings as a nested YAML mapping to paste into a trial config."""
-    nested: dict = {}
-    for k, v in settings.items():
-        cur = nested
-        parts = k.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = list(v) if isinstance(v, tuple) else v
+    nested = apply({}, {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
     return yaml.safe_dump(nested, sort_keys=False, default_flow_style=False).strip()
 
 

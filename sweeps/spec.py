@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
+from pydantic import Field, ValidationInfo, field_validator
 
 from ranksweep.core.errors import RanksweepError
 from ranksweep.core import metric_keys
-from ranksweep.core.config import ConfigError, TrialConfig, build_dataclass, load_yaml, resolve_trial
+from ranksweep.core.config import ConfigError, Section, TrialConfig, apply, load_yaml, parse, resolve_trial
 from ranksweep.search_spaces import SearchSpace, SpaceError, load_space
 
 from .runs import sqlite_path
@@ -35,59 +36,84 @@ class SpecError(RanksweepError, ValueError):
     """A sweep spec is invalid; the message names the field."""
 
 
-@dataclass(frozen=True)
-class SchedulerSpec:
-    name: Literal["none", "asha", "median", "hyperband"] = field(default="asha", metadata={"help": "early stopping"})
-    grace_docs: Optional[int] = field(default=None, metadata={"help": "docs seen before a trial can be stopped (default: eval_every_docs)"})
-    reduction_factor: float = field(default=2.0, metadata={"help": "ASHA/HyperBand halving rate"})
-    brackets: int = field(default=1, metadata={"help": "ASHA's brackets: more than 1 is asynchronous HyperBand"})
+class SchedulerSpec(Section):
+    name: Literal["none", "asha", "median", "hyperband"] = Field("asha", description="early stopping")
+    grace_docs: Optional[int] = Field(None, gt=0, description="docs seen before a trial can be stopped (default: eval_every_docs)")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA/HyperBand halving rate")
+    brackets: int = Field(1, ge=1, description="ASHA's brackets: more than 1 is asynchronous HyperBand")
+
+    @field_validator("brackets")
+    @classmethod
+    def _brackets_need_asha(cls, v: int, info: ValidationInfo) -> int:
+        if v > 1 and info.data.get("name") != "asha":
+            raise ValueError(f"more than 1 only with name: asha, got {v} with name: {info.data.get('name')}")
+        return v
 
 
-@dataclass(frozen=True)
-class ResourceSpec:
-    cpu: float = field(default=1.0, metadata={"help": "CPUs per trial (also torch's thread count)"})
-    gpu: float = field(default=0.0, metadata={"help": "GPU (fraction) per trial"})
+class ResourceSpec(Section):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also torch's thread count)")
+    gpu: float = Field(0.0, ge=0, description="GPU (fraction) per trial")
 
 
-@dataclass(frozen=True)
-class PrepareSpec:
-    cpus: Optional[int] = field(default=None, metadata={"help": "CPUs of a preparation task: BM25 threads (default: resources.cpu)"})
-    gpus: Optional[float] = field(default=None, metadata={"help": "GPUs of a neural preparation task (default: 1 when trials use GPUs, else 0)"})
-    shard_docs: int = field(default=500_000, metadata={"help": "documents per tokenizing / embedding / dense-search task"})
-    shard_queries: int = field(default=50_000, metadata={"help": "queries per BM25 retrieval / pair-scoring task"})
-    shard_pairs: int = field(default=2_000_000, metadata={"help": "(query, document) pairs per neural teacher task"})
+class PrepareSpec(Section):
+    cpus: Optional[int] = Field(None, ge=1, description="CPUs of a preparation task: BM25 threads (default: resources.cpu)")
+    gpus: Optional[float] = Field(None, ge=0, description="GPUs of a neural preparation task (default: 1 when trials use GPUs, else 0)")
+    shard_docs: int = Field(500_000, ge=1, description="documents per tokenizing / embedding / dense-search task")
+    shard_queries: int = Field(50_000, ge=1, description="queries per BM25 retrieval / pair-scoring task")
+    shard_pairs: int = Field(2_000_000, ge=1, description="(query, document) pairs per neural teacher task")
 
 
-@dataclass(frozen=True)
-class TrackingSpec:
-    uri: str = field(default="sqlite:///mlflow.db", metadata={"help": "MLflow tracking URI (relative sqlite paths resolve against the working directory)"})
-    experiment: Optional[str] = field(default=None, metadata={"help": "MLflow experiment (default: ranksweep-<name>)"})
-    flush_timeout: float = field(default=600.0, metadata={"help": "seconds the end of a sweep waits for MLflow writes held back "
-                                                                  "while the tracking server was away"})
+class TrackingSpec(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (relative sqlite paths resolve against the working directory)")
+    experiment: Optional[str] = Field(None, description="MLflow experiment (default: ranksweep-<name>)")
+    flush_timeout: float = Field(600.0, ge=0, description="seconds the end of a sweep waits for MLflow writes held back while the "
+                                                          "tracking server was away")
 
 
-@dataclass(frozen=True)
-class SweepFields:
-    name: str = field(metadata={"help": "sweep name (Ray experiment and MLflow parent run)"})
-    base: Any = field(default=None, metadata={"help": "trial YAML path or inline trial mapping"})
-    trial: dict = field(default_factory=dict, metadata={"help": "trial overrides on top of base"})
-    space: Any = field(default=None, metadata={"help": "search space: shipped name, YAML path or inline mapping"})
-    search: Literal["grid", "optuna", "random"] = field(default="grid", metadata={"help": "search algorithm"})
-    num_samples: int = field(default=1, metadata={"help": "trials drawn by optuna/random"})
-    seeds: Any = field(default=1, metadata={"help": "repeats per grid cell: n or a list of seeds"})
-    metric: str = field(default="dev/nDCG@10", metadata={"help": "selection metric (as reported)"})
-    mode: Literal["max", "min"] = field(default="max", metadata={"help": "maximise or minimise the metric"})
-    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec, metadata={"help": "early stopping"})
-    resources: ResourceSpec = field(default_factory=ResourceSpec, metadata={"help": "per trial"})
-    max_concurrent: Optional[int] = field(default=None, metadata={"help": "trials at once (default: as resources allow)"})
-    max_pending_trials: Optional[int] = field(default=None, metadata={"help": "pending trials Ray keeps queued (raise it so the autoscaler sees demand)"})
-    storage: str = field(default="runs/ray", metadata={"help": "Ray storage: a path (shared storage on a cluster) or a URI (s3://…)"})
-    prepare: PrepareSpec = field(default_factory=PrepareSpec, metadata={"help": "shared-data preparation tasks"})
-    tracking: TrackingSpec = field(default_factory=TrackingSpec, metadata={"help": "MLflow"})
-    retries: int = field(default=1, metadata={"help": "times a failing trial is retried before it is recorded as failed"})
-    keep_weights: Any = field(default=1, metadata={"help": "final weights logged to MLflow (for `ranksweep export`): all | none | k, "
-                                                           "the k best trials that trained their full budget, by the metric"})
-    seed: int = field(default=0, metadata={"help": "seed of the search algorithm"})
+class SweepFields(Section):
+    name: str = Field(description="sweep name (Ray experiment and MLflow parent run)")
+    base: Any = Field(None, description="trial YAML path or inline trial mapping")
+    trial: dict = Field(default_factory=dict, description="trial overrides on top of base")
+    space: Any = Field(None, description="search space: shipped name, YAML path or inline mapping")
+    search: Literal["grid", "optuna", "random"] = Field("grid", description="search algorithm")
+    num_samples: int = Field(1, ge=1, description="trials drawn by optuna/random")
+    seeds: Any = Field(1, validate_default=True, description="repeats per grid cell: n or a list of seeds")
+    metric: str = Field("dev/nDCG@10", description="selection metric (as reported)")
+    mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="early stopping")
+    resources: ResourceSpec = Field(default_factory=ResourceSpec, description="per trial")
+    max_concurrent: Optional[int] = Field(None, ge=1, description="trials at once (default: as resources allow)")
+    max_pending_trials: Optional[int] = Field(None, ge=1, description="pending trials Ray keeps queued (raise it so the autoscaler sees demand)")
+    storage: str = Field("runs/ray", description="Ray storage: a path (shared storage on a cluster) or a URI (s3://…)")
+    prepare: PrepareSpec = Field(default_factory=PrepareSpec, description="shared-data preparation tasks")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow")
+    retries: int = Field(1, ge=0, description="times a failing trial is retried before it is recorded as failed")
+    keep_weights: Any = Field(1, description="final weights logged to MLflow (for `ranksweep export`): all | none | k, the k best "
+                                             "trials that trained their full budget, by the metric")
+    seed: int = Field(0, description="seed of the search algorithm")
+
+    @field_validator("base", "space")
+    @classmethod
+    def _path_or_mapping(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and not isinstance(v, (str, dict)):
+            raise ValueError(f"expected a YAML path{' or shipped name' if info.field_name == 'space' else ''} or a mapping, got {v!r}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: Any) -> list[int]:
+        """``n`` means seeds ``0..n-1``; a list is taken as given."""
+        seeds = list(range(v)) if isinstance(v, int) and not isinstance(v, bool) else v
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+            raise ValueError(f"expected a positive count or a list of integer seeds, got {v!r}")
+        return seeds
+
+    @field_validator("keep_weights")
+    @classmethod
+    def _keep_weights(cls, k: Any) -> Any:
+        if not (k in ("all", "none") or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
+            raise ValueError(f"expected all, none or a number of trials >= 1, got {k!r}")
+        return k
 
 
 @dataclass
@@ -164,7 +190,7 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
         folder = path.resolve().parent
     raw.update(overrides or {})
     try:
-        f = build_dataclass(SweepFields, raw, "")
+        f = parse(SweepFields, raw)
     except ConfigError as e:
         raise SpecError(str(e)) from None
     # base trial
@@ -176,11 +202,9 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
             base = load_yaml(bp)
         except ConfigError as e:
             raise SpecError(f"base: {e}") from None
-    elif isinstance(f.base, dict):
-        base = copy.deepcopy(f.base)
     else:
-        raise SpecError(f"base: expected a trial YAML path or mapping, got {f.base!r}")
-    base = _merge(base, f.trial)
+        base = copy.deepcopy(f.base)
+    base = apply(base, f.trial)
     base.pop("seed", None)
     base.pop("output_dir", None)
     try:
@@ -198,10 +222,7 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
             space = load_space(sp, base)
     except SpaceError as e:
         raise SpecError(f"space: {e}") from None
-    # seeds
-    seeds = list(range(f.seeds)) if isinstance(f.seeds, int) and not isinstance(f.seeds, bool) else f.seeds
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise SpecError(f"seeds: expected a positive count or a list of integer seeds, got {f.seeds!r}")
+    seeds = f.seeds
     if f.search != "grid" and len(seeds) > 1:
         raise SpecError("seeds: repeats per cell need search: grid (optuna/random draw single trials; use num_samples)")
     if f.search == "grid":
@@ -214,40 +235,9 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
                 resolve_trial(base, cell)
             except ConfigError as e:
                 raise SpecError(f"space: cell {cell} is not a valid trial: {e}") from None
-    if f.num_samples < 1:
-        raise SpecError(f"num_samples: must be >= 1, got {f.num_samples}")
     if f.metric not in reported_metrics(cfg):
         raise SpecError(f"metric: {f.metric!r} is not reported at every evaluation; reported: {sorted(reported_metrics(cfg))}")
-    if f.resources.cpu <= 0 or f.resources.gpu < 0:
-        raise SpecError(f"resources: cpu must be > 0 and gpu >= 0, got cpu={f.resources.cpu} gpu={f.resources.gpu}")
-    if f.retries < 0:
-        raise SpecError(f"retries: must be >= 0, got {f.retries}")
-    k = f.keep_weights
-    if not (k in ("all", "none") or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
-        raise SpecError(f"keep_weights: expected all, none or a number of trials >= 1, got {k!r}")
-    if f.scheduler.grace_docs is not None and f.scheduler.grace_docs <= 0:
-        raise SpecError("scheduler.grace_docs: must be > 0")
-    if f.scheduler.brackets < 1 or (f.scheduler.brackets > 1 and f.scheduler.name != "asha"):
-        raise SpecError(f"scheduler.brackets: must be >= 1, and more than 1 only with name: asha, got {f.scheduler.brackets}")
-    if f.scheduler.reduction_factor <= 1:
-        raise SpecError(f"scheduler.reduction_factor: must be > 1, got {f.scheduler.reduction_factor}")
-    pr = f.prepare
-    if (pr.cpus is not None and pr.cpus < 1) or (pr.gpus is not None and pr.gpus < 0):
-        raise SpecError(f"prepare: cpus must be >= 1 and gpus >= 0, got cpus={pr.cpus} gpus={pr.gpus}")
-    for name in ("shard_docs", "shard_queries", "shard_pairs"):
-        if getattr(pr, name) < 1:
-            raise SpecError(f"prepare.{name}: must be >= 1, got {getattr(pr, name)}")
     return Sweep(f, base, space, seeds, Path(source) if not isinstance(source, dict) else None, raw)
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def dump(sweep: Sweep) -> str:

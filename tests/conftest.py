@@ -75,13 +75,9 @@ def fast_config(tmp_path, **over) -> dict:
         "eval": {"dev_depth": 10, "depth": 20, "probe_queries": 4, "at_start": False},  # mechanics tests: no docs-0 evaluation
         "output_dir": str(tmp_path / "trial"),
     }
-    for k, v in over.items():
-        cur = d
-        parts = k.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = v
-    return d
+    from ranksweep.core.config import apply
+
+    return apply(d, over)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

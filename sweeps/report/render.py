@@ -135,7 +135,7 @@ def _learning_lines(r: ReportData) -> list[tuple[str, Any]]:
     """Did every trial end above its own start (docs 0) by more than the seed noise?"""
     lr = r.learning
     if not lr.get("n"):
-        return [("p", f"No trial was evaluated before its first step (eval.at_start), so whether the trials learned is not known.")] \
+        return [("p", "No trial was evaluated before its first step (eval.at_start), so whether the trials learned is not known.")] \
             if r.cells else []
     sd = lr["noise"]["sd"]
     noise = f"the seed noise of the end value (σ = {sd:.4f}, pooled within cells)" if math.isfinite(sd) else None

@@ -107,3 +107,37 @@ def test_dotted_keys_expand_shorthands_and_name_what_they_cannot_set():
     assert d["sampler"] == {"name": "random"} and d["teacher"] == {"kind": "bm25", "weight": 1.0}
     with pytest.raises(ConfigError, match=r"loss: cannot set 'loss.name' inside 'kl'"):
         set_dotted(d, "loss.name", "lce")
+
+
+def test_apply_sets_dotted_keys_and_merges_nested_mappings_into_shorthands():
+    from ranksweep.core.config import apply
+
+    base = {"sampler": "teacher", "optim": {"lr": 1e-4, "batch_size": 4}, "candidates": {"imported": None}}
+    out = apply(base, {"optim": {"lr": 3e-5}, "sampler": {"skip_top": 2}, "sampler.depth": [0, 50], "candidates": {"imported": {"path": "x"}}})
+    assert out == {"sampler": {"name": "teacher", "skip_top": 2, "depth": [0, 50]}, "optim": {"lr": 3e-5, "batch_size": 4},
+                   "candidates": {"imported": {"path": "x"}}}
+    assert base["sampler"] == "teacher" and base["optim"]["lr"] == 1e-4  # the base is not changed
+    assert apply({"teacher": {"kind": "file", "path": "s.json"}}, {"teacher": "bm25"}) == {"teacher": "bm25"}  # a value replaces
+
+
+def test_type_and_bound_errors_are_one_line_in_the_projects_words():
+    cases = {
+        "optim.lr: must be > 0, got 0": {"optim": {"lr": 0}},
+        "sampler.depth: expected 2 values, got [5]": {"sampler": {"depth": [5]}},
+        "augment.in_batch: expected true/false, got 'maybe'": {"augment": {"in_batch": "maybe"}},
+        "loss[0]: the required key 'name' is missing": {"loss": [{"weight": 1.0}]},
+        "teacher.members[1]: expected a mapping, got 3": {"teacher": {"members": ["bm25", 3]}},
+    }
+    for words, d in cases.items():
+        msg = _err(d)
+        assert msg == words and "\n" not in msg, msg
+
+
+def test_the_reference_table_comes_from_the_schema():
+    from ranksweep.core.config import reference_rows
+
+    rows = {k: (default, meaning) for k, default, meaning in reference_rows()}
+    assert rows["group_size"][0] == "8" and rows["group_size"][1].endswith("(>= 2)")
+    assert rows["candidates.imported"][0] == "null" and rows["candidates.imported.path"][0] == "(required)"
+    assert rows["loss"][0] == '[{"name": "kl", "weight": 1.0, "params": {}}]'
+    assert set(rows) >= {f"optim.{k}" for k in TrialConfig.model_fields["optim"].annotation.model_fields}

@@ -120,6 +120,12 @@ def _spec(tmp_path, **over):
     ({"seeds": 3, "search": "optuna"}, "repeats per cell need search: grid"),
     ({"trial": {"group_size": 1}}, "base trial: group_size"),
     ({"sweeps": 3}, "unknown key 'sweeps'"),
+    ({"seeds": 0}, "seeds: expected a positive count or a list of integer seeds, got 0"),
+    ({"keep_weights": 0}, "keep_weights: expected all, none or a number of trials >= 1, got 0"),
+    ({"prepare": {"shard_docs": 0}}, "prepare.shard_docs: must be >= 1, got 0"),
+    ({"resources": {"cpu": 0}}, "resources.cpu: must be > 0, got 0"),
+    ({"space": {"axes": {"optim.lr": {"unifrom": [1e-5, 1e-4]}}}}, "axis 'optim.lr': unknown key 'unifrom'; did you mean 'uniform'"),
+    ({"space": {"axes": {"optim.lr": {"uniform": [1e-5]}}}}, "axis 'optim.lr': uniform: expected 2 values"),
 ])
 def test_bad_spec_names_the_field(tmp_path, over, words):
     with pytest.raises(SpecError) as e:
