@@ -15,6 +15,7 @@ Shorthands accepted in YAML::
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from pathlib import Path
@@ -138,6 +139,8 @@ class TeacherConfig(Section):
         return TEACHERS[self.kind].scores
 
 
+SHARED_DATA = ("data", "candidates", "teacher")  # the sections a sweep's shared preparation depends on
+
 DEFAULT_TEACHER = {
     "kind": "ensemble",
     "members": [{"kind": "bi", "model": "minilm", "weight": 1.0}, {"kind": "bm25", "weight": 1.0}],
@@ -236,6 +239,12 @@ class TrialConfig(Section):
     def from_yaml(cls, path: str | os.PathLike) -> "TrialConfig":
         return cls.from_dict(load_yaml(path))
 
+    @property
+    def shared_data_key(self) -> str:
+        """What decides a trial's prepared data (collections, candidates, teacher) as a stable string: trials equal here
+        open one preparation, whichever axes made them so."""
+        return json.dumps(self.model_dump(mode="json", include=set(SHARED_DATA)), sort_keys=True)
+
     def to_dict(self) -> dict:
         """Plain YAML/JSON values (lists for tuples), every default filled in: ``from_dict(to_dict())`` is equal."""
         return self.model_dump(mode="json")
@@ -276,10 +285,17 @@ def _merge(d: dict, key: str, value: Any) -> None:
 def resolve_trial(base: dict, cell: dict, seed: Optional[int] = None, **fields: Any) -> TrialConfig:
     """The validated config of one sweep trial: ``base`` with ``cell``'s dotted keys, the seed and ``fields``.
 
-    This is where a sweep's raw dicts become a ``TrialConfig``: once per trial in each process that
-    needs it (the driver, to log ``to_dict()`` with defaults and read the trial's budget; the worker,
-    to run it), since Ray Tune carries a trial's cell as plain values.
+    This is where a sweep's raw dicts become a ``TrialConfig``, resolved once per process: the same
+    arguments give the same frozen object, so the driver's spec check, cost, preparation and tracking
+    share one resolution of each trial, and a worker resolves only its own. Ray Tune carries a
+    trial's cell as plain values, which is why the object is not shipped between processes.
     """
+    return _resolved(json.dumps([base, cell, seed, fields], sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=16384)
+def _resolved(key: str) -> TrialConfig:
+    base, cell, seed, fields = json.loads(key)
     d = apply(base, cell)
     if seed is not None:
         d["seed"] = seed

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ranksweep.core.config import resolve_trial
 
 #: training documents per second of one trial when the user gives no rate: a bert-base-sized student on one
 #: modern GPU, or the tiny CPU students of the shipped SciFact sweeps
@@ -26,7 +25,7 @@ def max_budget(sweep) -> int:
 def budgets(sweep) -> list[int]:
     """Each cell's training budget (a grid), or the largest a sampled trial can draw (Optuna, random), once per seed."""
     if sweep.fields.search == "grid":
-        per = [resolve_trial(sweep.base, cell).budget_docs for cell in sweep.space.grid()]
+        per = [sweep.trial(cell).budget_docs for cell in sweep.space.grid()]
         return per * len(sweep.seeds)
     return [max_budget(sweep)] * sweep.fields.num_samples
 

@@ -6,14 +6,13 @@ retrieval, embeddings and teacher scoring run wherever Ray finds room (GPU tasks
 workers, the autoscaler adding nodes for them). Ray does the scheduling and the retries; the
 shards write into the stage being built on shared storage, and the driver only orchestrates.
 
-``prepare_shared`` runs one preparation per distinct data configuration of the space (axes under
-``data``/``candidates``/``teacher``), each covering every sampler and student model of the space,
-and returns the prepared folders that trials open.
+``prepare_shared`` runs one preparation per distinct data configuration of the space (its configs'
+``shared_data_key``: collections, candidates, teacher), each covering every sampler and student
+model of the space, and returns the prepared folders that trials open, by that key.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -23,10 +22,11 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from ranksweep.core import PrepareOptions, prepare
-from ranksweep.core.config import resolve_trial
+from ranksweep.core.config import TrialConfig
 from ranksweep.core.data.cache import cache_location
 from ranksweep.core.preflight import check_inputs
 from ranksweep.core.progress import Progress
+from ranksweep.search_spaces import Axis
 
 from .spec import SpecError, Sweep
 
@@ -112,49 +112,55 @@ def prepare_options(sweep: Sweep) -> PrepareOptions:
         shard_docs=p.shard_docs, shard_queries=p.shard_queries, shard_pairs=p.shard_pairs)
 
 
-def data_combos(sweep: Sweep) -> list[dict]:
-    """One assignment per distinct data configuration of the space (axes that change shared data).
+def data_axes(sweep: Sweep) -> list[Axis]:
+    """The axes whose values change a trial's prepared data, found by asking the resolved configs
+    (``TrialConfig.shared_data_key``) rather than by the axes' names."""
+    base = sweep.base_config().shared_data_key
+    out = []
+    for a in sweep.space.axes:
+        probes = list(a.values) if a.categorical else [int(x) if a.dist in ("int", "logint") else x for x in (a.low, a.high)]
+        if any(sweep.trial({a.key: v}).shared_data_key != base for v in probes):
+            if not a.categorical:
+                raise SpecError(f"space: axis {a.key!r} changes shared data and must be categorical")
+            out.append(a)
+    return out
+
+
+def data_combos(sweep: Sweep) -> list[tuple[dict, TrialConfig]]:
+    """One ``(assignment, config)`` per distinct data configuration of the space, distinct by ``shared_data_key``.
 
     A conditional data axis (``when``) is absent from the cells where it does not apply, which then
     use the base config's data: a grid's combinations are read off its cells; for a sampled search
-    each conditional axis also contributes its absence.
+    each conditional axis also contributes its absence. Assignments that resolve to the same data
+    (an axis value equal to the base's) share one preparation.
     """
-    data_axes = [a for a in sweep.space.axes if a.key.split(".")[0] in ("data", "candidates", "teacher")]
-    for a in data_axes:
-        if not a.categorical:
-            raise SpecError(f"space: axis {a.key!r} changes shared data and must be categorical")
+    axes = data_axes(sweep)
     if sweep.fields.search == "grid":
-        combos = [{a.key: cell[a.key] for a in data_axes if a.key in cell} for cell in sweep.space.grid()]
+        combos = [{a.key: cell[a.key] for a in axes if a.key in cell} for cell in sweep.space.grid()]
     else:
         combos = [{}]
-        for a in data_axes:
+        for a in axes:
             combos = [{**c, a.key: v} for c in combos for v in a.values] + (combos if a.when else [])
-    unique: dict[str, dict] = {}
+    unique: dict[str, tuple[dict, TrialConfig]] = {}
     for c in combos:
-        unique.setdefault(json.dumps(c, sort_keys=True, default=str), c)
+        cfg = sweep.trial(c)
+        unique.setdefault(cfg.shared_data_key, (c, cfg))
     return list(unique.values())
-
-
-def combo_key(cell: dict, sweep_axes: Sequence[str]) -> str:
-    """The data configuration a cell belongs to, as a stable string (the key of ``prepared``)."""
-    data = {k: v for k, v in cell.items() if k.split(".")[0] in ("data", "candidates", "teacher") and k in sweep_axes}
-    return json.dumps(data, sort_keys=True, default=str)
 
 
 def check_sweep_inputs(sweep: Sweep) -> None:
     """Every collection, model and teacher file of every data configuration (and every student of the space),
     opened and parsed as far as its first records before Ray starts or any stage is built."""
     students = {v for a in sweep.space.axes if a.key == "student.model" and a.categorical for v in a.values}
-    check_inputs(*(resolve_trial(sweep.base, c) for c in data_combos(sweep)), students=students)
+    check_inputs(*(cfg for _, cfg in data_combos(sweep)), students=students)
 
 
 def prepare_shared(sweep: Sweep, executor: Optional[Any] = None) -> dict[str, str]:
     """Build (or find) the shared data of every data configuration of the sweep.
 
-    Returns ``{combo_key: prepared folder}``. Each preparation covers every sampler, every student
+    Returns ``{shared_data_key: prepared folder}``. Each preparation covers every sampler, every student
     model and negatives mixing wherever the space uses them.
     """
-    base = sweep.base
     samplers, students, mix = set(), set(), False
     for a in sweep.space.axes:
         if a.key == "sampler.name":
@@ -166,16 +172,14 @@ def prepare_shared(sweep: Sweep, executor: Optional[Any] = None) -> dict[str, st
         if a.key == "augment.negatives_mix":
             mix = True
     options = prepare_options(sweep)
-    keys = sweep.space.keys()
     out = {}
-    for c in data_combos(sweep):
-        cfg = resolve_trial(base, c)
+    for c, cfg in data_combos(sweep):
         logger.info("preparing shared data %s", c or "(base)")
         t0 = time.perf_counter()
         p = prepare(cfg, samplers=samplers or None, negatives_mix=mix or cfg.augment.negatives_mix > 0,
                     students=students or None, executor=executor, options=options)
         logger.info("shared data ready in %.0f s: %s", time.perf_counter() - t0, p.folder)
-        out[combo_key(c, keys)] = str(p.folder)
+        out[cfg.shared_data_key] = str(p.folder)
     return out
 
 

@@ -121,7 +121,7 @@ class Sweep:
     """A validated sweep: the spec fields, the resolved base trial dict and the search space."""
 
     fields: SweepFields
-    base: dict
+    base: dict  # the raw base trial: what Ray Tune carries to workers, which resolve their own trial from it
     space: SearchSpace
     seeds: list[int]
     source: Optional[Path] = None
@@ -156,7 +156,12 @@ class Sweep:
         return s
 
     def base_config(self) -> TrialConfig:
-        return TrialConfig.from_dict(self.base)
+        """The base trial, resolved once (``resolve_trial`` memoises)."""
+        return resolve_trial(self.base, {})
+
+    def trial(self, cell: dict, seed: Optional[int] = None) -> TrialConfig:
+        """The config of ``cell`` (dotted axis keys -> values) on the base trial, resolved once per process."""
+        return resolve_trial(self.base, cell, seed)
 
     def trial_count(self) -> int:
         if self.fields.search == "grid":
@@ -208,7 +213,7 @@ def load_sweep(source: str | os.PathLike | dict, overrides: Optional[dict] = Non
     base.pop("seed", None)
     base.pop("output_dir", None)
     try:
-        cfg = TrialConfig.from_dict(base)
+        cfg = resolve_trial(base, {})
     except ConfigError as e:
         raise SpecError(f"base trial: {e}") from None
     # space

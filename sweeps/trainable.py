@@ -12,7 +12,6 @@ import torch
 from ranksweep.core import Trial
 from ranksweep.core.config import resolve_trial
 
-from .prepare import combo_key
 from .runs import OUTPUTS
 
 logger = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ def share_gpu(gpus: float) -> None:
         torch.cuda.set_per_process_memory_fraction(gpus, 0)
 
 
-def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: list[str], cpus: float, gpus: float) -> None:
+def train_trial(config: dict, *, base: dict, prepared: dict[str, str], cpus: float, gpus: float) -> None:
     """Run (or resume) one trial, reporting metrics and a checkpoint at every evaluation.
 
     ``config`` holds ``params`` (the cell: dotted keys → values) and ``seed``; everything that is
@@ -43,7 +42,7 @@ def train_trial(config: dict, *, base: dict, prepared: dict[str, str], axes: lis
     placement = {"device": "cpu", "num_threads": max(1, int(cpus))} if gpus <= 0 else {"device": "cuda"}
     cfg = resolve_trial(base, cell, seed, output_dir=str(Path.cwd() / OUTPUTS), **placement)
     share_gpu(gpus)
-    trial = Trial(cfg, prepared[combo_key(cell, axes)])
+    trial = Trial(cfg, prepared[cfg.shared_data_key])
     restored = 0
     ckpt = tune.get_checkpoint()
     if ckpt:

@@ -68,9 +68,8 @@ def trainable(sweep: Sweep, prepared: dict[str, str]):
     """The trial function with what is not searched bound: base trial, prepared data, resources."""
     from ray import tune
 
-
     r = sweep.fields.resources
-    fn = tune.with_parameters(train_trial, base=sweep.base, prepared=prepared, axes=sweep.space.keys(), cpus=r.cpu, gpus=r.gpu)
+    fn = tune.with_parameters(train_trial, base=sweep.base, prepared=prepared, cpus=r.cpu, gpus=r.gpu)
     return tune.with_resources(fn, {"cpu": r.cpu, "gpu": r.gpu})
 
 

@@ -184,16 +184,20 @@ def test_a_budget_axis_is_read_per_trial(tmp_path):
 
 
 def test_a_conditional_data_axis_prepares_the_base_data_for_the_cells_it_does_not_apply_to():
-    """teacher.model only for kl: the lce cell, where it is absent, uses the base teacher's prepared data."""
-    from ranksweep.sweeps.prepare import combo_key, data_combos
+    """teacher.model only for kl: the lce cell, where it is absent, uses the base teacher's prepared data, which is also
+    the kl cell's with the base's model: one preparation for both, found from the resolved configs, not the axis names."""
+    from ranksweep.sweeps.prepare import data_axes, data_combos
     from ranksweep.sweeps.spec import load_sweep
 
     spec = {"name": "t", "base": str(REPO / "sweeps" / "trials" / "scifact_bi.yaml"), "trial": {"teacher": {"kind": "bi", "model": "minilm", "members": []}},
             "space": {"axes": {"loss": ["lce", "kl"], "teacher.model": {"values": ["minilm", "other/model"], "when": {"loss": ["kl"]}}}}}
     sweep = load_sweep(spec)
-    keys = sweep.space.keys()
-    prepared = {combo_key(c, keys) for c in data_combos(sweep)}
-    cells = {combo_key(c, keys) for c in sweep.space.grid()}
-    assert cells == prepared and len(prepared) == 3 and "{}" in prepared
+    assert [a.key for a in data_axes(sweep)] == ["teacher.model"]
+    prepared = {cfg.shared_data_key for _, cfg in data_combos(sweep)}
+    cells = {sweep.trial(c).shared_data_key for c in sweep.space.grid()}
+    assert cells == prepared and len(prepared) == 2 and sweep.base_config().shared_data_key in prepared
     optuna = load_sweep({**spec, "search": "optuna", "seeds": 1, "num_samples": 4})
-    assert {combo_key(c, keys) for c in data_combos(optuna)} == prepared
+    assert {cfg.shared_data_key for _, cfg in data_combos(optuna)} == prepared
+    assert sweep.trial({"loss": "kl"}) is sweep.trial({"loss": "kl"})  # resolved once per process
+    axis_only = load_sweep({**spec, "space": {"axes": {"teacher.weight": [1.0]}}})  # a teacher axis that changes nothing
+    assert data_axes(axis_only) == [] and len(data_combos(axis_only)) == 1
