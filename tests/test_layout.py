@@ -40,3 +40,14 @@ def test_imports_run_one_way_and_at_module_level():
                 if not at_top and rel not in LAZY_OK:
                     bad.append(f"{rel}:{line} imports a ranksweep module inside a function")
     assert not bad, "\n".join(bad)
+
+
+def test_every_package_folder_is_in_the_distribution():
+    """A subpackage missing from pyproject's ``packages`` works in an editable install and is absent from the wheel."""
+    import tomllib
+
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {f"ranksweep.{p.parent.relative_to(REPO).as_posix().replace('/', '.')}" for layer in LAYERS
+               for p in (REPO / layer).rglob("__init__.py")}
+    assert folders and folders == set(tool["packages"]), sorted(folders ^ set(tool["packages"]))
+    assert set(tool["package-dir"]) == {f"ranksweep.{layer}" for layer in LAYERS}
