@@ -80,6 +80,15 @@ def fast_config(tmp_path, **over) -> dict:
     return apply(d, over)
 
 
+def tiny_config(tmp_path, tiny_model: str, **over):
+    """``fast_config`` as a ``TrialConfig`` with the tiny random student (all its layers)."""
+    from ranksweep.core.config import TrialConfig
+
+    over.setdefault("student.model", tiny_model)
+    over.setdefault("student.num_layers", None)
+    return TrialConfig.from_dict(fast_config(tmp_path, **over))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     import socket
 

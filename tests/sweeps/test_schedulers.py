@@ -38,3 +38,38 @@ def test_a_trial_the_journal_saw_complete_but_tune_resumed_is_stopped_not_an_err
     s.on_trial_add(None, t)
     assert s.on_trial_result(None, t, {"docs_seen": 64, "m": 1.0}) == TrialScheduler.STOP
     s.on_trial_complete(None, t, {"docs_seen": 64, "m": 1.0})  # and its end is not a second completion either
+
+
+def _drive(scheduler, events, trials: dict) -> list[str]:
+    """Feed ``(trial, docs seen, metric)`` results to ``scheduler`` (adding unseen trials first); its decisions."""
+    out = []
+    for tid, docs, m in events:
+        if tid not in trials:
+            trials[tid] = _Trial(tid)
+            scheduler.on_trial_add(None, trials[tid])
+        out.append(scheduler.on_trial_result(None, trials[tid], {"docs_seen": docs, "m": m}))
+    return out
+
+
+def test_a_resumed_sweep_decides_as_an_uninterrupted_one_where_ray_alone_forgets(tmp_path):
+    before = [("a", 32, 0.9), ("b", 32, 0.8), ("c", 32, 0.7)]
+    after = [("d", 32, 0.1), ("a", 64, 0.9), ("b", 64, 0.5)]  # d reaches the first rung below its median: stopped
+    whole = _drive(Resumable(_asha(), tmp_path / "whole.jsonl"), before + after, {})
+    assert whole[3] == TrialScheduler.STOP
+    first = Resumable(_asha(), tmp_path / "journal.jsonl")
+    first.start_fresh()
+    _drive(first, before, {})
+    # the driver is killed; the resumed sweep builds a new scheduler on the same journal and Tune re-adds a, b, c
+    resumed, trials = Resumable(_asha(), tmp_path / "journal.jsonl"), {}
+    for tid in "abc":
+        trials[tid] = _Trial(tid)
+        resumed.on_trial_add(None, trials[tid])
+    assert _drive(resumed, after, trials) == whole[len(before):]
+    bare, trials = _asha(), {}  # what Ray's restore leaves (#30838): a scheduler that never saw the first rung
+    for tid in "abc":
+        trials[tid] = _Trial(tid)
+        bare.on_trial_add(None, trials[tid])
+    assert _drive(bare, after, trials)[0] == TrialScheduler.CONTINUE  # d would train on: the journal is what stops it
+    fresh = Resumable(_asha(), tmp_path / "journal.jsonl")
+    fresh.start_fresh()  # a new sweep at the same path forgets the old journal
+    assert _drive(fresh, after[:1], {}) == [TrialScheduler.CONTINUE]
