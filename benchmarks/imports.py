@@ -102,7 +102,7 @@ def check(folder: Path, table_folder: str, fmt: str, pairs: int) -> int:
     from ranksweep.core.data.store import Ragged
 
     table = ImportedTable.load(Path(table_folder))
-    rows, want, docs = [], [], []
+    rows, want = [], []
     for q, d, s in _pairs_of(pairs):
         if q % 997 == 0:
             rows.append(np.sort(d))
