@@ -69,7 +69,7 @@ Params = Annotated[dict, BeforeValidator(lambda v: {} if v is None else v)]
 
 class DataConfig(Section):
     train: str = _help("ir_datasets id (or local:/folder:split) of the training queries", default="beir/scifact/train")
-    dev_fraction: float = _help("held-out fraction of training queries used for selection (dev)", default=0.1)
+    dev_fraction: float = _help("held-out fraction of training queries used for selection (dev)", default=0.1, gt=0, lt=1)
     split_seed: int = _help("seed of the train/dev split (fixed across trials so they share dev)", default=0)
     eval: Names = _help(
         "collections evaluated at the end of the trial (never used for selection)",
@@ -159,7 +159,7 @@ Losses = Annotated[tuple[LossTerm, ...], BeforeValidator(_listed)]
 
 
 class AugmentConfig(Section):
-    negatives_mix: float = _help("fraction of sampled negatives replaced by random documents", default=0.0)
+    negatives_mix: float = _help("fraction of sampled negatives replaced by random documents", default=0.0, ge=0, le=1)
     in_batch: bool = _help("bi students: add every other query's documents as negatives (contrastive term)", default=False)
     in_batch_weight: float = _help("weight of the in-batch contrastive term", default=1.0, gt=0)
     entropy_band: Optional[tuple[float, float]] = _help("train only on queries whose teacher entropy quantile lies in [lo, hi]", default=None)
@@ -190,7 +190,7 @@ class StudentConfig(Section):
 class OptimConfig(Section):
     lr: float = _help("AdamW peak learning rate", default=5e-5, gt=0)
     weight_decay: float = _help("AdamW weight decay", default=0.01, ge=0)
-    warmup_fraction: float = _help("fraction of optimizer steps with linear warmup", default=0.1)
+    warmup_fraction: float = _help("fraction of optimizer steps with linear warmup", default=0.1, ge=0, lt=1)
     batch_size: int = _help("queries per micro-batch", default=8, ge=1)
     grad_accum: int = _help("micro-batches per optimizer step", default=1, ge=1)
     max_grad_norm: Optional[float] = _help("gradient clipping (None: off)", default=1.0)
@@ -202,7 +202,7 @@ class EvalConfig(Section):
     measures: Names = _help("ir_measures measures for eval collections", default=("nDCG@10", "RR@10", "R@100"))
     selection: str = _help("dev measure used for selection", default="nDCG@10")
     probe_queries: int = _help("training queries in the fixed probe set (diameter, KL)", default=32, ge=1)
-    diameter_alpha: float = _help("quantile of pairwise distances used as diameter", default=0.99)
+    diameter_alpha: float = _help("quantile of pairwise distances used as diameter", default=0.99, gt=0, le=1)
     collections_every_eval: bool = _help("also evaluate the eval collections at every evaluation", default=False)
     at_start: bool = _help("evaluate probe and dev once before training (docs seen = 0): every curve starts at the student's start", default=True)
     batch_tokens: int = _help("token budget of one inference batch", default=16384)
@@ -398,6 +398,19 @@ _BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "les
            "less_than_equal": ("<=", "le")}
 
 
+def _number(x: Any) -> Any:
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _interval(field: Any) -> Optional[str]:
+    """``in [0, 1)`` for a field bounded on both sides (one error names both bounds), else None."""
+    lo = next(((m.ge, "[") if hasattr(m, "ge") else (m.gt, "(") for m in field.metadata if hasattr(m, "ge") or hasattr(m, "gt")), None)
+    hi = next(((m.le, "]") if hasattr(m, "le") else (m.lt, ")") for m in field.metadata if hasattr(m, "le") or hasattr(m, "lt")), None)
+    if lo is None or hi is None:
+        return None
+    return f"in {lo[1]}{_number(lo[0])}, {_number(hi[0])}{hi[1]}"
+
+
 def _message(model: type[BaseModel], err: dict, where: str) -> str:
     kind, loc, got, ctx = err["type"], err["loc"], err.get("input"), err.get("ctx", {})
     path = _dotted(where, loc)
@@ -410,8 +423,8 @@ def _message(model: type[BaseModel], err: dict, where: str) -> str:
         text = f"expected {_TYPE_WORDS[kind]}, got {got!r}"
     elif kind in _BOUNDS:
         op, name = _BOUNDS[kind]
-        bound = ctx[name]
-        text = f"must be {op} {int(bound) if isinstance(bound, float) and bound.is_integer() else bound}, got {got!r}"
+        interval = _interval(_section_at(model, loc[:-1]).model_fields[loc[-1]]) if isinstance(loc[-1], str) else None
+        text = f"must be {interval or f'{op} {_number(ctx[name])}'}, got {got!r}"
     elif kind == "literal_error":
         text = f"{got!r} is not one of {ctx['expected']}"
     elif kind == "too_short":
@@ -481,22 +494,18 @@ def _validate(c: TrialConfig) -> None:
     _need(0 <= lo < hi, "sampler.depth", f"needs 0 <= lo < hi, got {[lo, hi]}")
     _need(hi - lo >= c.group_size - 1 or (c.sampler.name == "random"), "sampler.depth",
           f"range {[lo, hi]} holds fewer than group_size-1 = {c.group_size - 1} negatives")
-    _need(0.0 <= c.augment.negatives_mix <= 1.0, "augment.negatives_mix", f"must be in [0, 1], got {c.augment.negatives_mix}")
     if c.augment.in_batch:
         _need(c.student.kind == "bi", "augment.in_batch", "in-batch negatives need a bi-encoder student (student.kind: bi)")
     if c.augment.entropy_band is not None:
         blo, bhi = c.augment.entropy_band
         _need(0.0 <= blo < bhi <= 1.0, "augment.entropy_band", f"needs 0 <= lo < hi <= 1 (quantiles), got {[blo, bhi]}")
         _need(c.teacher.scores, "augment.entropy_band", "needs a teacher")
-    _need(0.0 < c.data.dev_fraction < 1.0, "data.dev_fraction", f"must be in (0, 1), got {c.data.dev_fraction}")
     o = c.optim
-    _need(0.0 <= o.warmup_fraction < 1.0, "optim.warmup_fraction", f"must be in [0, 1), got {o.warmup_fraction}")
     _need(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm",
           f"must be > 0 (or null: no clipping), got {o.max_grad_norm}")
     _need(c.eval.batch_tokens >= c.data.max_query_length + c.data.max_doc_length, "eval.batch_tokens",
           f"{c.eval.batch_tokens} tokens cannot hold one query and one passage "
           f"({c.data.max_query_length} + {c.data.max_doc_length} tokens)")
-    _need(0.0 < c.eval.diameter_alpha <= 1.0, "eval.diameter_alpha", f"must be in (0, 1], got {c.eval.diameter_alpha}")
     _need(c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"), "device",
           f"must be auto, cpu, cuda or cuda:N, got {c.device!r}")
     import ir_measures
@@ -532,8 +541,11 @@ def reference_rows() -> list[tuple[str, str, str]]:
 
     def bounds(prop: dict) -> str:
         inner = [prop, *prop.get("anyOf", [])]
-        words = [f"{op} {p[k]}" for p in inner for k, op in (("exclusiveMinimum", ">"), ("minimum", ">="),
-                                                              ("exclusiveMaximum", "<"), ("maximum", "<=")) if k in p]
+        lo = [(p[k], op) for p in inner for k, op in (("exclusiveMinimum", "("), ("minimum", "[")) if k in p]
+        hi = [(p[k], op) for p in inner for k, op in (("exclusiveMaximum", ")"), ("maximum", "]")) if k in p]
+        if lo and hi:
+            return f" (in {lo[0][1]}{lo[0][0]}, {hi[0][0]}{hi[0][1]})"
+        words = [f"{'>' if op == '(' else '>='} {v}" for v, op in lo] + [f"{'<' if op == ')' else '<='} {v}" for v, op in hi]
         return f" ({', '.join(words)})" if words else ""
 
     def rows(section: dict, prefix: str) -> list[tuple[str, str, str]]:

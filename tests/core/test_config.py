@@ -138,6 +138,7 @@ def test_the_reference_table_comes_from_the_schema():
 
     rows = {k: (default, meaning) for k, default, meaning in reference_rows()}
     assert rows["group_size"][0] == "8" and rows["group_size"][1].endswith("(>= 2)")
+    assert rows["optim.warmup_fraction"][1].endswith("(in [0, 1))")  # bounded on both sides: one interval
     assert rows["candidates.imported"][0] == "null" and rows["candidates.imported.path"][0] == "(required)"
     assert rows["loss"][0] == '[{"name": "kl", "weight": 1.0, "params": {}}]'
     assert set(rows) >= {f"optim.{k}" for k in TrialConfig.model_fields["optim"].annotation.model_fields}
