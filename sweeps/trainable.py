@@ -54,7 +54,7 @@ def train_trial(config: dict, *, base: dict, prepared: dict[str, str], cpus: flo
 
     def report(metrics: dict, docs: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(trial.state_dict(), Path(tmp) / "state.pt")
+            torch.save(trial.state_dict(), Path(tmp) / "state.pt")  # noqa: F821 (deleted only after run() returns)
             tune.report({**metrics, "node_id": node, "restored_docs": restored}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     trial.report = report

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .compute import ReportData, ReportError, build, default_metric, top_trials
+from .compute import ReportData, ReportError, build, default_metric
 from .figures import figures
 from .read import progress_bar, read_per_query, read_sweep
 from .render import write
