@@ -394,21 +394,25 @@ _TYPE_WORDS = {"int_type": "an integer", "int_parsing": "an integer", "int_from_
                "bool_type": "true/false", "bool_parsing": "true/false", "string_type": "a string",
                "tuple_type": "a list", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
                "model_attributes_type": "a mapping"}
-_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
-           "less_than_equal": ("<=", "le")}
+_BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
 
 
 def _number(x: Any) -> Any:
     return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
-def _interval(field: Any) -> Optional[str]:
-    """``in [0, 1)`` for a field bounded on both sides (one error names both bounds), else None."""
-    lo = next(((m.ge, "[") if hasattr(m, "ge") else (m.gt, "(") for m in field.metadata if hasattr(m, "ge") or hasattr(m, "gt")), None)
-    hi = next(((m.le, "]") if hasattr(m, "le") else (m.lt, ")") for m in field.metadata if hasattr(m, "le") or hasattr(m, "lt")), None)
-    if lo is None or hi is None:
-        return None
-    return f"in {lo[1]}{_number(lo[0])}, {_number(hi[0])}{hi[1]}"
+def _bounds_words(**bounds: Any) -> str:
+    """A field's bounds (``gt``/``ge``/``lt``/``le``) in words, for its errors and the README's reference:
+    ``in [0, 1)`` when bounded on both sides, else ``>= 2``; empty when unbounded."""
+    lo = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    hi = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if lo and hi:
+        return f"in {lo[0]}{_number(lo[1])}, {_number(hi[1])}{hi[0]}"
+    return ", ".join(f"{op} {_number(bounds[k])}" for k, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if k in bounds)
+
+
+def _field_bounds(field: Any) -> dict[str, Any]:
+    return {k: getattr(m, k) for m in field.metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
 
 
 def _message(model: type[BaseModel], err: dict, where: str) -> str:
@@ -422,9 +426,9 @@ def _message(model: type[BaseModel], err: dict, where: str) -> str:
     if kind in _TYPE_WORDS:
         text = f"expected {_TYPE_WORDS[kind]}, got {got!r}"
     elif kind in _BOUNDS:
-        op, name = _BOUNDS[kind]
-        interval = _interval(_section_at(model, loc[:-1]).model_fields[loc[-1]]) if isinstance(loc[-1], str) else None
-        text = f"must be {interval or f'{op} {_number(ctx[name])}'}, got {got!r}"
+        name = _BOUNDS[kind]
+        bounds = _field_bounds(_section_at(model, loc[:-1]).model_fields[loc[-1]]) if isinstance(loc[-1], str) else {}
+        text = f"must be {_bounds_words(**(bounds or {name: ctx[name]}))}, got {got!r}"
     elif kind == "literal_error":
         text = f"{got!r} is not one of {ctx['expected']}"
     elif kind == "too_short":
@@ -540,13 +544,9 @@ def reference_rows() -> list[tuple[str, str, str]]:
         return None
 
     def bounds(prop: dict) -> str:
-        inner = [prop, *prop.get("anyOf", [])]
-        lo = [(p[k], op) for p in inner for k, op in (("exclusiveMinimum", "("), ("minimum", "[")) if k in p]
-        hi = [(p[k], op) for p in inner for k, op in (("exclusiveMaximum", ")"), ("maximum", "]")) if k in p]
-        if lo and hi:
-            return f" (in {lo[0][1]}{lo[0][0]}, {hi[0][0]}{hi[0][1]})"
-        words = [f"{'>' if op == '(' else '>='} {v}" for v, op in lo] + [f"{'<' if op == ')' else '<='} {v}" for v, op in hi]
-        return f" ({', '.join(words)})" if words else ""
+        words = _bounds_words(**{k: p[s] for p in [prop, *prop.get("anyOf", [])] for s, k in (
+            ("exclusiveMinimum", "gt"), ("minimum", "ge"), ("exclusiveMaximum", "lt"), ("maximum", "le")) if s in p})
+        return f" ({words})" if words else ""
 
     def rows(section: dict, prefix: str) -> list[tuple[str, str, str]]:
         out = []
